@@ -1,0 +1,171 @@
+"""`detector` command line: parse -> settings -> one call into the package. No logic of its own."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import warnings
+from pathlib import Path
+
+from detector.errors import DetectorError
+
+EXIT_USAGE = 2
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got '{text}'") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _fpr(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a rate in (0, 1), got '{text}'") from None
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"expected a rate in (0, 1), got {value}")
+    return value
+
+
+def _add_device(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="where to run (default: auto)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="detector", description="VAE anomaly detection: train, calibrate, "
+                                     "score, evaluate, serve, audit.")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("train", help="fit a VAE, calibrate thresholds, write a bundle")
+    p.add_argument("--data", required=True, metavar="SPEC", help="fashion-mnist:train[:classes=0,3], .npz, .npy, "
+                   "IDX, image folder or CSV")
+    p.add_argument("--out", required=True, type=Path, metavar="BUNDLE", help="bundle directory to write")
+    p.add_argument("--config", type=Path, metavar="FILE.toml", help="settings: [model] [train] [score] tables")
+    p.add_argument("--epochs", type=_positive_int, help="maximum epochs (early stopping may end sooner)")
+    p.add_argument("--seed", type=int, help="seed for splits, initialisation and batches")
+    p.add_argument("--fpr", type=_fpr, help="target false-positive rate of the thresholds (default 0.01)")
+    p.add_argument("--debias", action="store_true", help="DB-VAE adaptive resampling during training")
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in BUNDLE.ckpt/")
+    _add_device(p)
+
+    p = sub.add_parser("calibrate", help="recompute thresholds and p-values of a bundle, in place")
+    p.add_argument("--model", required=True, type=Path, metavar="BUNDLE")
+    p.add_argument("--data", required=True, metavar="SPEC", help="held-out normal data")
+    p.add_argument("--fpr", type=_fpr, default=0.01, help="target false-positive rate (default 0.01)")
+    _add_device(p)
+
+    p = sub.add_parser("score", help="per-sample scores to a CSV or Parquet file")
+    p.add_argument("--model", type=Path, metavar="BUNDLE", help="bundle to score with in this process")
+    p.add_argument("--server", metavar="HOST:PORT", help="score through a running gRPC server instead")
+    p.add_argument("--data", required=True, metavar="SPEC")
+    p.add_argument("--out", required=True, type=Path, metavar="FILE", help=".csv or .parquet")
+    p.add_argument("--batch-size", type=_positive_int, default=1024)
+    _add_device(p)
+
+    p = sub.add_parser("evaluate", help="AUROC / AUPRC / FPR@95TPR / calibrated FPR per score")
+    p.add_argument("--model", required=True, type=Path, metavar="BUNDLE")
+    p.add_argument("--normal", required=True, metavar="SPEC")
+    p.add_argument("--anomalous", required=True, metavar="SPEC")
+    p.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    p.add_argument("--batch-size", type=_positive_int, default=1024)
+    _add_device(p)
+    return parser
+
+
+def _train(args: argparse.Namespace) -> int:
+    from detector.config import load_settings
+    from detector.data import load_spec
+    from detector.training.pipeline import train_bundle
+
+    settings = load_settings(args.config)
+    for key in ("epochs", "seed", "device"):
+        if getattr(args, key) is not None and (key != "device" or args.device != "auto"):
+            setattr(settings.train, key, getattr(args, key))
+    if args.fpr is not None:
+        settings.score.target_fpr = args.fpr
+    settings.train.debias = settings.train.debias or args.debias
+    samples = load_spec(args.data)
+    result = train_bundle(samples, settings, args.out, resume=args.resume, progress=not args.quiet)
+    for w in result.calibration_warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    h = result.history
+    print(f"wrote {args.out} (model {result.bundle.model_version}): best epoch {h.best_epoch + 1}, "
+          f"val neg-ELBO {min(h.val_loss):.2f} nats, {h.samples_per_second:.0f} samples/s")
+    return 0
+
+
+def _calibrate(args: argparse.Namespace) -> int:
+    from detector.calibrate import recalibrate
+
+    bundle, caught = recalibrate(args.model, args.data, args.fpr, args.device, progress=not args.quiet)
+    for w in caught:
+        print(f"warning: {w}", file=sys.stderr)
+    cal = bundle.calibration
+    thresholds = ", ".join(f"{k} {v['threshold']:.4g}" for k, v in cal["scores"].items())
+    print(f"recalibrated {args.model} at FPR {args.fpr} on {cal['n_calibrate']} samples: {thresholds}")
+    return 0
+
+
+def _score(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from detector.data import load_spec
+    from detector.scoring.table import check_table_path, result_columns, write_table
+
+    if (args.model is None) == (args.server is None):
+        raise DetectorError("give exactly one of --model BUNDLE or --server HOST:PORT")
+    check_table_path(args.out)
+    samples = load_spec(args.data)
+    if args.server is not None:
+        from detector.client import score_samples_remote
+
+        result = score_samples_remote(args.server, samples, args.batch_size, progress=not args.quiet)
+    else:
+        from detector.scoring.scorer import Scorer
+
+        scorer = Scorer.from_path(args.model, device=args.device)
+        result = scorer.score_samples(samples, args.batch_size, progress=not args.quiet)
+    write_table(result_columns(result, np.arange(len(samples)), samples.labels), args.out)
+    novel = int(result.novel["novelty"].sum())
+    print(f"wrote {len(samples)} rows to {args.out}: {novel} flagged novel ({novel / len(samples):.2%})")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from detector.data import load_spec
+    from detector.evaluation import evaluate_results, format_table
+    from detector.scoring.scorer import Scorer
+
+    scorer = Scorer.from_path(args.model, device=args.device)
+    normal = scorer.score_samples(load_spec(args.normal), args.batch_size, progress=not args.quiet)
+    anomalous = scorer.score_samples(load_spec(args.anomalous), args.batch_size, progress=not args.quiet)
+    report = evaluate_results(normal, anomalous)
+    print(json.dumps(report) if args.json else format_table(report))
+    return 0
+
+
+COMMANDS = {"train": _train, "calibrate": _calibrate, "score": _score, "evaluate": _evaluate}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    warnings.filterwarnings("ignore", message=".*pin_memory.*")
+    try:
+        return COMMANDS[args.command](args)
+    except DetectorError as exc:
+        print(f"detector {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(f"detector {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

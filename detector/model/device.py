@@ -1,0 +1,17 @@
+"""Explicit device choice: 'auto' means CUDA when present, else CPU."""
+
+from __future__ import annotations
+
+import torch
+
+from detector.errors import ConfigError
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda asked for, but no CUDA device is available")
+    if name not in ("cpu", "cuda"):
+        raise ConfigError(f"device must be auto, cpu or cuda, got '{name}'")
+    return torch.device(name)

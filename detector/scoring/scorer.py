@@ -1,0 +1,145 @@
+"""Scorer: model + fusion + calibration -> per-sample scores, verdicts and p-values for a batch.
+
+The one scoring path every consumer uses (CLI, gRPC server, audit), so a sample gets the
+same numbers wherever it is scored.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from detector.config import ModelConfig
+from detector.data.sampleset import SampleSet, to_model_space
+from detector.errors import InvalidInput, ModelNotReady
+from detector.model.bundle import Bundle, load_bundle
+from detector.model.device import resolve_device
+from detector.model.vae import VAE
+from detector.scoring.calibration import ScoreCalibration, calibration_from_bundle
+from detector.scoring.novelty import NoveltyFusion
+from detector.scoring.scores import fixed_noise, raw_scores
+
+PRIMARY = "novelty"
+# Scores that get a threshold and p-values; neg_elbo_bpd is neg_elbo rescaled, kl a diagnostic.
+CALIBRATED = ("novelty", "neg_elbo", "iw_nll", "recon_error", "latent_distance")
+
+
+@dataclass
+class ScoreResult:
+    """Arrays over a batch, one entry per sample, in input order."""
+
+    scores: dict[str, np.ndarray]
+    p_values: dict[str, np.ndarray] = field(default_factory=dict)
+    novel: dict[str, np.ndarray] = field(default_factory=dict)
+    thresholds: dict[str, float] = field(default_factory=dict)
+    latent_mean: np.ndarray | None = None  # (B, Z), for debiasing and audit plots
+
+    def __len__(self) -> int:
+        return len(next(iter(self.scores.values())))
+
+    @staticmethod
+    def concat(parts: list["ScoreResult"]) -> "ScoreResult":
+        first = parts[0]
+        cat = lambda key: {k: np.concatenate([getattr(p, key)[k] for p in parts]) for k in getattr(first, key)}  # noqa: E731
+        lat = None if first.latent_mean is None else np.concatenate([p.latent_mean for p in parts])
+        return ScoreResult(cat("scores"), cat("p_values"), cat("novel"), dict(first.thresholds), lat)
+
+
+class Scorer:
+    def __init__(self, bundle: Bundle, device: str = "auto", iw_samples: int | None = None, chunk: int | None = None):
+        self.bundle = bundle
+        cfg = bundle.config
+        self.model_cfg = ModelConfig(**{**cfg["model"], "input_shape": tuple(cfg["model"]["input_shape"]),
+                                        "hidden": tuple(cfg["model"]["hidden"])})
+        self.sample_shape = tuple(cfg["data"]["sample_shape"])
+        self.kind = cfg["data"]["kind"]
+        self.device = resolve_device(device)
+        self.model = VAE(self.model_cfg)
+        self.model.load_state_dict(bundle.weights)
+        self.model.to(self.device).eval()
+        k = iw_samples or int(cfg["score"]["iw_samples"])
+        self.eps = fixed_noise(k, self.model_cfg.latent_dim, int(cfg["score"]["noise_seed"])).to(self.device)
+        self.chunk = chunk or int(cfg["score"].get("iw_chunk", 4096))
+        dens = bundle.density
+        z = self.model_cfg.latent_dim
+        self.latent_mean = torch.as_tensor(dens.get("latent_mean", np.zeros(z)), dtype=torch.float32, device=self.device)
+        self.latent_precision = torch.as_tensor(dens.get("latent_precision", np.eye(z)), dtype=torch.float32,
+                                                device=self.device)
+        cal = bundle.calibration
+        self.fusion = NoveltyFusion.from_json(cal["fusion"]) if cal.get("fusion") else None
+        self.calibration: dict[str, ScoreCalibration] = (
+            calibration_from_bundle(cal["scores"], bundle.calibration_arrays) if cal.get("scores") else {})
+
+    @classmethod
+    def from_path(cls, path: str | Path, device: str = "auto", **kwargs) -> "Scorer":
+        return cls(load_bundle(path), device=device, **kwargs)
+
+    @property
+    def model_version(self) -> str:
+        return self.bundle.model_version
+
+    @property
+    def input_dtype(self) -> str:
+        return self.bundle.config["data"].get("storage_dtype", "float32")
+
+    def check_batch(self, batch: np.ndarray) -> None:
+        """Raise InvalidInput unless ``batch`` is (B, *sample_shape) of finite model-space values."""
+        if batch.ndim < 1 or tuple(batch.shape[1:]) != self.sample_shape:
+            raise InvalidInput(f"samples must have shape [N, {', '.join(map(str, self.sample_shape))}], "
+                               f"got {list(batch.shape)}")
+        if batch.dtype != np.uint8:
+            if not np.isfinite(batch).all():
+                raise InvalidInput("samples contain NaN or Inf")
+            if self.kind == "image" and (batch.min(initial=0.0) < 0.0 or batch.max(initial=0.0) > 1.0):
+                raise InvalidInput("float image samples must lie within 0..1 (send UINT8 for 0..255 pixels)")
+
+    def _to_device(self, batch: np.ndarray) -> torch.Tensor:
+        x = torch.from_numpy(np.ascontiguousarray(to_model_space(batch)))
+        x = x.reshape(x.shape[0], *self.model_cfg.input_shape)
+        if self.device.type == "cuda":
+            return x.pin_memory().to(self.device, non_blocking=True)
+        return x
+
+    def raw_scores(self, batch: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """Raw scores and latent means for a batch of stored-format samples (uint8 or float)."""
+        x = self._to_device(batch)
+        raw = raw_scores(self.model, x, self.eps, self.latent_mean, self.latent_precision, self.chunk)
+        mu = raw.pop("latent_mean_")
+        return {k: v.cpu().numpy() for k, v in raw.items()}, mu.cpu().numpy()
+
+    def score(self, batch: np.ndarray) -> ScoreResult:
+        """Every score, verdict and p-value for a checked batch."""
+        if self.fusion is None or not self.calibration:
+            raise ModelNotReady("bundle is not calibrated: run 'detector calibrate'")
+        self.check_batch(batch)
+        if batch.shape[0] == 0:
+            raise InvalidInput("empty batch")
+        scores, mu = self.raw_scores(batch)
+        scores[PRIMARY] = self.fusion.apply(scores)
+        result = ScoreResult(scores=scores, latent_mean=mu)
+        for name, cal in self.calibration.items():
+            result.p_values[name] = cal.p_values(scores[name])
+            result.novel[name] = cal.is_novel(scores[name])
+            result.thresholds[name] = cal.threshold
+        return result
+
+    def iter_results(self, samples: SampleSet, batch_size: int = 1024, progress: bool = True,
+                     desc: str = "scoring") -> Iterator[tuple[int, ScoreResult]]:
+        with tqdm(total=len(samples), desc=desc, unit="sample", disable=not progress, leave=False) as bar:
+            for start, raw in samples.chunks(batch_size):
+                yield start, self.score(raw)
+                bar.update(len(raw))
+
+    def score_samples(self, samples: SampleSet, batch_size: int = 1024, progress: bool = True) -> ScoreResult:
+        self._check_compatible(samples)
+        return ScoreResult.concat([r for _, r in self.iter_results(samples, batch_size, progress)])
+
+    def _check_compatible(self, samples: SampleSet) -> None:
+        if samples.sample_shape != self.sample_shape:
+            raise InvalidInput(f"{samples.name}: samples of shape {list(samples.sample_shape)} do not fit a model "
+                               f"trained on {list(self.sample_shape)}")

@@ -1,0 +1,152 @@
+"""train -> calibrate -> fit latent density -> bundle: the whole of `detector train`."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import detector
+from detector.config import ScoreConfig, Settings, validate_model, validate_train
+from detector.data.sampleset import SampleSet
+from detector.errors import DataError
+from detector.model.bundle import Bundle, save_bundle
+from detector.model.device import resolve_device
+from detector.model.vae import VAE, resolve_model_config
+from detector.scoring.calibration import CalibrationWarning, calibrate_score, calibration_to_bundle
+from detector.scoring.novelty import NoveltyFusion
+from detector.scoring.scorer import CALIBRATED, PRIMARY, Scorer
+from detector.training.batches import load_tensor, sequential_batches
+from detector.training.checkpoint import checkpoint_dir
+from detector.training.trainer import History, train_vae
+from detector.scoring.scores import latent_means
+
+NOISE_SEED = 1234
+MIN_SAMPLES = 50
+
+
+@dataclass
+class Splits:
+    train: SampleSet
+    val: SampleSet
+    cal: SampleSet
+
+
+def split(samples: SampleSet, val_fraction: float, cal_fraction: float, seed: int) -> Splits:
+    """Seeded disjoint train / validation / calibration splits."""
+    n = len(samples)
+    if n < MIN_SAMPLES:
+        raise DataError(f"{samples.name}: {n} samples; training needs at least {MIN_SAMPLES}")
+    perm = np.random.default_rng(seed).permutation(n)
+    n_val, n_cal = max(1, int(n * val_fraction)), max(1, int(n * cal_fraction))
+    return Splits(samples.take(np.sort(perm[n_val + n_cal :])), samples.take(np.sort(perm[:n_val])),
+                  samples.take(np.sort(perm[n_val : n_val + n_cal])))
+
+
+def fingerprint(samples: SampleSet) -> str:
+    """Cheap identity of a dataset: name, size, shape and a strided content hash."""
+    h = hashlib.sha256(f"{samples.name}|{len(samples)}|{samples.sample_shape}".encode())
+    step = max(1, len(samples) // 256)
+    for i in range(0, len(samples), step):
+        h.update(np.ascontiguousarray(samples.read(i, i + 1)).tobytes())
+    return h.hexdigest()[:16]
+
+
+def _vector_normalization(model: VAE, train: torch.Tensor) -> None:
+    x = train.float().reshape(train.shape[0], -1)
+    model.input_mean.copy_(x.mean(0).reshape(model.input_mean.shape))
+    model.input_std.copy_(x.std(0).clamp_min(1e-6).reshape(model.input_std.shape))
+
+
+def fit_latent_density(model: VAE, data: torch.Tensor, device: torch.device, max_samples: int = 50_000) -> dict:
+    """Gaussian fit of the encoder means on training data: the latent_distance score's reference."""
+    mus = torch.cat([latent_means(model, x) for x in sequential_batches(data[:max_samples], 1024, device)]).cpu()
+    mean = mus.mean(0)
+    cov = torch.cov(mus.T.double()) + 1e-6 * torch.eye(mus.shape[1], dtype=torch.float64)
+    return {"latent_mean": mean.double().numpy(), "latent_precision": torch.linalg.inv(cov).numpy(),
+            "train_latent_means": mus.numpy().astype(np.float32)}
+
+
+def calibrate_bundle(bundle: Bundle, val: SampleSet, cal: SampleSet, target_fpr: float, device: str,
+                     batch_size: int, progress: bool) -> list[str]:
+    """Fit the novelty fusion on ``val`` and thresholds on ``cal`` into ``bundle``; returns warnings."""
+    bundle.calibration = {}
+    scorer = Scorer(bundle, device=device)
+    raw_val = _raw(scorer, val, batch_size, progress, "standardising")
+    fusion = NoveltyFusion.fit(raw_val)
+    raw_cal = _raw(scorer, cal, batch_size, progress, "calibrating")
+    raw_cal[PRIMARY] = fusion.apply(raw_cal)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", CalibrationWarning)
+        cals = {name: calibrate_score(name, raw_cal[name], target_fpr) for name in CALIBRATED}
+    meta, arrays = calibration_to_bundle(cals)
+    bundle.calibration = {"fusion": fusion.to_json(), "scores": meta, "target_fpr": target_fpr, "primary": PRIMARY,
+                          "n_standardise": len(val), "n_calibrate": len(cal)}
+    bundle.calibration_arrays = arrays
+    return [str(w.message) for w in caught]
+
+
+def _raw(scorer: Scorer, samples: SampleSet, batch_size: int, progress: bool, desc: str) -> dict[str, np.ndarray]:
+    from tqdm.auto import tqdm
+
+    parts = []
+    with tqdm(total=len(samples), desc=desc, unit="sample", disable=not progress, leave=False) as bar:
+        for _, raw in samples.chunks(batch_size):
+            parts.append(scorer.raw_scores(raw)[0])
+            bar.update(len(raw))
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+@dataclass
+class TrainResult:
+    bundle: Bundle
+    history: History
+    calibration_warnings: list[str]
+
+
+def train_bundle(samples: SampleSet, settings: Settings, out: Path, resume: bool = False,
+                 progress: bool = True) -> TrainResult:
+    validate_train(settings.train)
+    validate_model(settings.model)
+    tcfg = settings.train
+    if tcfg.num_threads:
+        torch.set_num_threads(tcfg.num_threads)
+    device = resolve_device(tcfg.device)
+    model_cfg = resolve_model_config(settings.model, samples.kind, samples.sample_shape)
+    splits = split(samples, tcfg.val_fraction, tcfg.cal_fraction, tcfg.seed)
+    train_data = load_tensor(splits.train).reshape(len(splits.train), *model_cfg.input_shape)
+    val_data = load_tensor(splits.val).reshape(len(splits.val), *model_cfg.input_shape)
+    setup = (lambda m: _vector_normalization(m, train_data)) if samples.kind == "vector" else None
+    weights_fn = None
+    if tcfg.debias:
+        from detector.debias.sampler import debias_weights_fn
+
+        weights_fn = debias_weights_fn(train_data, device)
+    model, history = train_vae(model_cfg, tcfg, train_data, val_data, device, checkpoint_dir(out), resume,
+                               fingerprint(samples), progress, weights_fn, setup)
+    density = fit_latent_density(model, train_data, device)
+    score_cfg: ScoreConfig = settings.score
+    config = {
+        "name": "vae",
+        "detector_version": detector.__version__,
+        "model": dataclasses.asdict(model_cfg),
+        "score": {"iw_samples": score_cfg.iw_samples, "iw_chunk": score_cfg.iw_chunk, "noise_seed": NOISE_SEED},
+        "data": {"kind": samples.kind, "name": samples.name, "sample_shape": list(samples.sample_shape),
+                 "storage_dtype": "uint8" if samples.is_uint8 else "float32", "fingerprint": fingerprint(samples),
+                 "n_train": len(splits.train), "n_val": len(splits.val), "n_cal": len(splits.cal)},
+        "train": {**dataclasses.asdict(tcfg), "best_epoch": history.best_epoch, "val_loss": history.val_loss,
+                  "samples_per_second": history.samples_per_second},
+    }
+    bundle = Bundle(config=config, weights={k: v.detach().cpu() for k, v in model.state_dict().items()},
+                    density=density)
+    caught = calibrate_bundle(bundle, splits.val, splits.cal, score_cfg.target_fpr, tcfg.device,
+                              score_cfg.batch_size, progress)
+    bundle.calibration["calibration_split"] = {"seed": tcfg.seed, "val_fraction": tcfg.val_fraction,
+                                               "cal_fraction": tcfg.cal_fraction}
+    save_bundle(bundle, out)
+    return TrainResult(bundle, history, caught)

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Idempotent set-up: system packages, .venv, the package (editable, dev extras), generated protobuf code.
+# Safe to run again: each step checks what is already there.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+APT_PACKAGES=(dataset-fashion-mnist)
+
+missing=()
+for pkg in "${APT_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "setup: installing system packages: ${missing[*]}"
+    SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+PYTHON="${PYTHON:-python3}"
+"$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' || {
+    echo "setup: Python >= 3.11 needed, $("$PYTHON" --version) found (set PYTHON=...)" >&2; exit 1; }
+[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+
+# Reinstall only when pyproject.toml changed since the last successful install.
+stamp=".venv/.vae-detector-installed"
+want="$(sha256sum pyproject.toml | cut -d' ' -f1)"
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ] || ! .venv/bin/python -c 'import detector, torch' 2>/dev/null; then
+    echo "setup: installing Python packages into .venv (torch 2.14.1 from the local wheel cache; a few minutes)"
+    .venv/bin/python -m pip install -q --upgrade pip
+    .venv/bin/python -m pip install -q -e ".[dev]"
+    echo "$want" > "$stamp"
+fi
+
+if [ -f scripts/gen_protos.sh ]; then
+    bash scripts/gen_protos.sh
+fi
+echo "setup: ready (.venv/bin/detector)"

@@ -1,0 +1,40 @@
+"""Shared fixtures: tiny synthetic datasets on disk and one tiny trained bundle per session."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from detector.config import ModelConfig, Settings, TrainConfig
+from detector.data.synthetic import bars
+
+torch.set_num_threads(2)
+
+
+def tiny_settings(epochs: int = 3, **train) -> Settings:
+    return Settings(
+        model=ModelConfig(latent_dim=4, base_channels=8, hidden=(32, 16)),
+        train=TrainConfig(epochs=epochs, batch_size=32, warmup_epochs=1, patience=2, **train),
+    )
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("data")
+    np.savez(d / "normal.npz", x=bars(600, seed=1)[:, 0], y=np.zeros(600, np.int64))
+    np.savez(d / "normal_test.npz", x=bars(200, seed=2)[:, 0])
+    np.savez(d / "anomalous.npz", x=bars(200, seed=3, vertical=True)[:, 0])
+    return d
+
+
+@pytest.fixture(scope="session")
+def bundle_path(tmp_path_factory, data_dir) -> Path:
+    from detector.data import load_spec
+    from detector.training.pipeline import train_bundle
+
+    out = tmp_path_factory.mktemp("bundles") / "tiny"
+    train_bundle(load_spec(str(data_dir / "normal.npz")), tiny_settings(), out, progress=False)
+    return out
