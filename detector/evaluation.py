@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from detector.scoring.metrics import auprc, auroc, fpr_at_tpr
-from detector.scoring.scorer import CALIBRATED, PRIMARY, ScoreResult
+from detector.scoring.scorer import PRIMARY, ScoreResult
 
 
 def evaluate_results(normal: ScoreResult, anomalous: ScoreResult) -> dict:
     """The `detector evaluate --json` object (a contract): per calibrated score, five numbers."""
     scores = {}
-    for name in CALIBRATED:
+    for name in normal.novel:
         n, a = normal.scores[name], anomalous.scores[name]
         scores[name] = {
             "auroc": auroc(n, a),

@@ -14,7 +14,7 @@ from detector.data.synthetic import bars
 torch.set_num_threads(2)
 
 
-def tiny_settings(epochs: int = 3, **train) -> Settings:
+def tiny_settings(epochs: int = 8, **train) -> Settings:
     return Settings(
         model=ModelConfig(latent_dim=4, base_channels=8, hidden=(32, 16)),
         train=TrainConfig(epochs=epochs, batch_size=32, warmup_epochs=1, patience=2, **train),
@@ -24,7 +24,7 @@ def tiny_settings(epochs: int = 3, **train) -> Settings:
 @pytest.fixture(scope="session")
 def data_dir(tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("data")
-    np.savez(d / "normal.npz", x=bars(600, seed=1)[:, 0], y=np.zeros(600, np.int64))
+    np.savez(d / "normal.npz", x=bars(2000, seed=1)[:, 0], y=np.zeros(2000, np.int64))
     np.savez(d / "normal_test.npz", x=bars(200, seed=2)[:, 0])
     np.savez(d / "anomalous.npz", x=bars(200, seed=3, vertical=True)[:, 0])
     return d

@@ -1,14 +1,14 @@
 """The primary novelty score: a fusion of raw scores that each catch a different kind of novelty.
 
 A likelihood (negative ELBO) alone ranks simpler inputs (digits, blank frames) as *more*
-normal than the training data (Nalisnick et al. 2019); reconstruction error alone misses
-complex inputs (photo patches, noise) that a blurry decoder reconstructs about as badly as
-normal ones. Each component is standardised against held-out normal data with a robust,
-per-side scale, and the novelty score is the largest standardised deviation: a sample is
-as novel as its most surprising component.
-
-The likelihood component is *two-sided*: a typicality test in the spirit of Nalisnick et
-al. (2019b), flagging inputs whose likelihood is atypically high as well as low.
+normal than the training data (Nalisnick et al. 2019). For images the likelihood term is
+therefore the complexity-corrected one (Serrà et al. 2020, see complexity.py), which
+catches both simpler and more complex inputs; reconstruction error adds the in-domain
+signal (a garment of another class is reconstructed badly). Each component is
+standardised against held-out normal data with a robust, per-side scale, and the novelty
+score is the largest standardised deviation: a sample is as novel as its most surprising
+component. Measured alternatives (sums, more components, latent distances) are in
+docs/benchmarks/quality.md.
 """
 
 from __future__ import annotations
@@ -27,11 +27,18 @@ class Component:
     log: bool  # standardise log(score): for positive, heavy-tailed scores
 
 
-DEFAULT_COMPONENTS = (
-    Component("neg_elbo_bpd", two_sided=True, log=False),
+IMAGE_COMPONENTS = (
+    Component("complexity_corrected", two_sided=False, log=False),
     Component("recon_error", two_sided=False, log=True),
-    Component("latent_distance", two_sided=False, log=True),
 )
+VECTOR_COMPONENTS = (
+    Component("neg_elbo", two_sided=False, log=False),
+    Component("recon_error", two_sided=False, log=True),
+)
+
+
+def default_components(kind: str) -> tuple[Component, ...]:
+    return IMAGE_COMPONENTS if kind == "image" else VECTOR_COMPONENTS
 
 
 @dataclass(frozen=True)
@@ -54,7 +61,7 @@ class NoveltyFusion:
         return np.log(np.maximum(values, 1e-12)) if component.log else values
 
     @classmethod
-    def fit(cls, raw: dict[str, np.ndarray], components: tuple[Component, ...] = DEFAULT_COMPONENTS) -> "NoveltyFusion":
+    def fit(cls, raw: dict[str, np.ndarray], components: tuple[Component, ...]) -> "NoveltyFusion":
         fits = []
         for comp in components:
             v = cls._transform(raw[comp.score], comp)

@@ -21,12 +21,18 @@ from detector.model.bundle import Bundle, load_bundle
 from detector.model.device import resolve_device
 from detector.model.vae import VAE
 from detector.scoring.calibration import ScoreCalibration, calibration_from_bundle
+from detector.scoring.complexity import complexity_bpd
 from detector.scoring.novelty import NoveltyFusion
 from detector.scoring.scores import fixed_noise, raw_scores
 
 PRIMARY = "novelty"
-# Scores that get a threshold and p-values; neg_elbo_bpd is neg_elbo rescaled, kl a diagnostic.
-CALIBRATED = ("novelty", "neg_elbo", "iw_nll", "recon_error", "latent_distance")
+# Scores that get a threshold and p-values; neg_elbo_bpd is neg_elbo rescaled, kl and
+# complexity are diagnostics.
+CALIBRATED = ("novelty", "neg_elbo", "iw_nll", "recon_error", "latent_distance", "complexity_corrected")
+
+
+def calibrated_scores(kind: str) -> tuple[str, ...]:
+    return CALIBRATED if kind == "image" else tuple(s for s in CALIBRATED if s != "complexity_corrected")
 
 
 @dataclass
@@ -110,7 +116,11 @@ class Scorer:
         x = self._to_device(batch)
         raw = raw_scores(self.model, x, self.eps, self.latent_mean, self.latent_precision, self.chunk)
         mu = raw.pop("latent_mean_")
-        return {k: v.cpu().numpy() for k, v in raw.items()}, mu.cpu().numpy()
+        scores = {k: v.cpu().numpy() for k, v in raw.items()}
+        if self.kind == "image":
+            scores["complexity"] = complexity_bpd(batch)
+            scores["complexity_corrected"] = scores["neg_elbo_bpd"] - scores["complexity"]
+        return scores, mu.cpu().numpy()
 
     def score(self, batch: np.ndarray) -> ScoreResult:
         """Every score, verdict and p-value for a checked batch."""

@@ -19,8 +19,8 @@ from detector.model.bundle import Bundle, save_bundle
 from detector.model.device import resolve_device
 from detector.model.vae import VAE, resolve_model_config
 from detector.scoring.calibration import CalibrationWarning, calibrate_score, calibration_to_bundle
-from detector.scoring.novelty import NoveltyFusion
-from detector.scoring.scorer import CALIBRATED, PRIMARY, Scorer
+from detector.scoring.novelty import NoveltyFusion, default_components
+from detector.scoring.scorer import PRIMARY, Scorer, calibrated_scores
 from detector.training.batches import load_tensor, sequential_batches
 from detector.training.checkpoint import checkpoint_dir
 from detector.training.trainer import History, train_vae
@@ -78,12 +78,12 @@ def calibrate_bundle(bundle: Bundle, val: SampleSet, cal: SampleSet, target_fpr:
     bundle.calibration = {}
     scorer = Scorer(bundle, device=device)
     raw_val = _raw(scorer, val, batch_size, progress, "standardising")
-    fusion = NoveltyFusion.fit(raw_val)
+    fusion = NoveltyFusion.fit(raw_val, default_components(scorer.kind))
     raw_cal = _raw(scorer, cal, batch_size, progress, "calibrating")
     raw_cal[PRIMARY] = fusion.apply(raw_cal)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", CalibrationWarning)
-        cals = {name: calibrate_score(name, raw_cal[name], target_fpr) for name in CALIBRATED}
+        cals = {name: calibrate_score(name, raw_cal[name], target_fpr) for name in calibrated_scores(scorer.kind)}
     meta, arrays = calibration_to_bundle(cals)
     bundle.calibration = {"fusion": fusion.to_json(), "scores": meta, "target_fpr": target_fpr, "primary": PRIMARY,
                           "n_standardise": len(val), "n_calibrate": len(cal)}

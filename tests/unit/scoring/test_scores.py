@@ -1,0 +1,50 @@
+import numpy as np
+import pytest
+import torch
+
+from detector.config import ModelConfig
+from detector.model.vae import VAE, resolve_model_config
+from detector.scoring.scores import fixed_noise, raw_scores
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return VAE(resolve_model_config(ModelConfig(latent_dim=3, base_channels=4), "image", (1, 12, 12))).eval()
+
+
+def scores(model, x, k=16, chunk=4096):
+    return raw_scores(model, x, fixed_noise(k, 3), torch.zeros(3), torch.eye(3), chunk)
+
+
+def test_one_value_per_sample_for_every_score(model):
+    s = scores(model, torch.rand(5, 1, 12, 12))
+    for name in ("neg_elbo", "neg_elbo_bpd", "iw_nll", "recon_error", "kl", "latent_distance"):
+        assert s[name].shape == (5,) and torch.isfinite(s[name]).all(), name
+
+
+def test_scores_do_not_depend_on_the_batch_a_sample_travels_in(model):
+    x = torch.rand(7, 1, 12, 12)
+    together = scores(model, x)
+    alone = [scores(model, x[i : i + 1]) for i in range(7)]
+    for name in ("neg_elbo", "iw_nll", "recon_error", "latent_distance"):
+        torch.testing.assert_close(together[name], torch.cat([a[name] for a in alone]), rtol=1e-4, atol=1e-3)
+
+
+def test_chunking_changes_nothing(model):
+    x = torch.rand(9, 1, 12, 12)
+    torch.testing.assert_close(scores(model, x, chunk=16)["iw_nll"], scores(model, x, chunk=10_000)["iw_nll"],
+                               rtol=1e-5, atol=1e-3)
+
+
+def test_importance_weighting_tightens_the_bound(model):
+    x = torch.rand(64, 1, 12, 12)
+    s1, s64 = scores(model, x, k=1), scores(model, x, k=64)
+    # More samples: a tighter (smaller) bound on -log p(x), and below the ELBO.
+    assert s64["iw_nll"].mean() < s1["iw_nll"].mean()
+    assert s64["iw_nll"].mean() < s64["neg_elbo"].mean()
+
+
+def test_bits_per_dim_is_nats_rescaled(model):
+    s = scores(model, torch.rand(3, 1, 12, 12))
+    torch.testing.assert_close(s["neg_elbo_bpd"], s["neg_elbo"] / (144 * np.log(2)))
