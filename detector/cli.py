@@ -76,7 +76,45 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="one JSON object on stdout")
     p.add_argument("--batch-size", type=_positive_int, default=1024)
     _add_device(p)
+
+    p = sub.add_parser("serve", help="gRPC scoring server with dynamic batching and Prometheus metrics")
+    p.add_argument("--model", required=True, type=Path, metavar="BUNDLE")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=50051, help="gRPC port; 0 picks a free one (default 50051)")
+    p.add_argument("--metrics-host", default=None, help="address of the metrics endpoint (default: --host)")
+    p.add_argument("--metrics-port", type=int, default=9090, help="Prometheus port; 0 picks, -1 disables")
+    p.add_argument("--max-batch-samples", type=_positive_int, default=256)
+    p.add_argument("--max-delay-ms", type=float, default=2.0)
+    p.add_argument("--max-queue-samples", type=_positive_int, default=4096)
+    p.add_argument("--max-request-samples", type=_positive_int, default=4096)
+    p.add_argument("--max-message-mb", type=_positive_int, default=64)
+    p.add_argument("--no-batching", action="store_true", help="one request per forward pass (benchmarks)")
+    p.add_argument("--grace-s", type=float, default=20.0, help="SIGTERM: time in-flight requests get to finish")
+    _add_device(p)
     return parser
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import asyncio
+    import logging
+
+    from detector.config import ServeConfig
+    from detector.scoring.scorer import Scorer
+    from detector.serving.grpc.server import serve_forever
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    cfg = ServeConfig(host=args.host, port=args.port, metrics_host=args.metrics_host or args.host,
+                      metrics_port=args.metrics_port, device=args.device, max_batch_samples=args.max_batch_samples,
+                      max_delay_ms=args.max_delay_ms, max_queue_samples=args.max_queue_samples,
+                      max_request_samples=args.max_request_samples, max_message_bytes=args.max_message_mb << 20,
+                      batching=not args.no_batching, grace_s=args.grace_s)
+    cfg.validate()
+    scorer = Scorer.from_path(args.model, device=args.device)
+    try:
+        asyncio.run(serve_forever(scorer, cfg))
+    except OSError as exc:
+        raise DetectorError(f"cannot serve: {exc}") from None
+    return 0
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -151,7 +189,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": _train, "calibrate": _calibrate, "score": _score, "evaluate": _evaluate}
+COMMANDS = {"train": _train, "calibrate": _calibrate, "score": _score, "evaluate": _evaluate, "serve": _serve}
 
 
 def main(argv: list[str] | None = None) -> int:

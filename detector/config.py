@@ -125,3 +125,29 @@ def validate_model(cfg: ModelConfig) -> None:
         raise ConfigError(f"likelihood must be one of auto, {', '.join(LIKELIHOODS)}; got '{cfg.likelihood}'")
     if cfg.latent_dim < 1:
         raise ConfigError(f"latent_dim must be >= 1, got {cfg.latent_dim}")
+
+
+@dataclass
+class ServeConfig:
+    host: str = "127.0.0.1"
+    port: int = 50051
+    metrics_host: str = "127.0.0.1"  # may differ from host: keep metrics on an internal address
+    metrics_port: int = 9090  # 0 picks a free port; -1 disables the metrics endpoint
+    device: str = "auto"
+    max_batch_samples: int = 256  # samples per forward pass; ~1 batch fills 2 CPU cores for a few ms
+    max_delay_ms: float = 2.0  # longest a request waits for others to share its batch
+    max_queue_samples: int = 4096  # beyond this, RESOURCE_EXHAUSTED at once instead of growing latency
+    max_request_samples: int = 4096  # largest single request
+    max_message_bytes: int = 64 * 1024 * 1024  # gRPC receive/send limit
+    batching: bool = True  # off: one request per forward pass (benchmark baseline)
+    novelty_window_s: float = 60.0  # sliding window of detector_novelty_rate
+    grace_s: float = 20.0  # SIGTERM: in-flight requests get this long to finish
+    stream_max_in_flight: int = 32  # per ScoreStream: requests scored ahead of the one being answered
+
+    def validate(self) -> None:
+        if self.max_batch_samples < 1 or self.max_request_samples < 1 or self.max_queue_samples < 1:
+            raise ConfigError("batch, request and queue limits must be >= 1")
+        if self.max_delay_ms < 0:
+            raise ConfigError("max_delay_ms must be >= 0")
+        if not 0 <= self.port <= 65535 or not -1 <= self.metrics_port <= 65535:
+            raise ConfigError("ports must lie in 0..65535")

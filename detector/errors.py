@@ -23,3 +23,15 @@ class ConfigError(DetectorError):
 
 class ModelNotReady(DetectorError):
     """The model is not loaded (yet), or is being swapped."""
+
+
+class Overloaded(DetectorError):
+    """The scoring queue is full: try again later."""
+
+
+class DeadlineExpired(DetectorError):
+    """The caller's deadline passed before the samples were scored."""
+
+
+class Unauthenticated(DetectorError):
+    """Missing or wrong credentials."""

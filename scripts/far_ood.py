@@ -74,3 +74,17 @@ FAR_OOD_SETS = {
     "textures (more complex)": textures,
     "uniform noise (more complex)": noise,
 }
+
+
+if __name__ == "__main__":
+    import argparse
+    from pathlib import Path
+
+    parser = argparse.ArgumentParser(description="Write the far-OOD sets as .npz files (array x).")
+    parser.add_argument("out", type=Path, help="folder to write digits.npz, blank.npz, ... into")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    for name, make in FAR_OOD_SETS.items():
+        path = args.out / f"{name.split()[0]}.npz"
+        np.savez(path, x=make()[:, 0])
+        print(f"wrote {path}")

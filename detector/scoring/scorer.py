@@ -44,16 +44,30 @@ class ScoreResult:
     novel: dict[str, np.ndarray] = field(default_factory=dict)
     thresholds: dict[str, float] = field(default_factory=dict)
     latent_mean: np.ndarray | None = None  # (B, Z), for debiasing and audit plots
+    resample_weight: np.ndarray | None = None  # (B,) DB-VAE weights, when the bundle has a latent histogram
+    resample: np.ndarray | None = None  # (B,) bool
 
     def __len__(self) -> int:
         return len(next(iter(self.scores.values())))
+
+    def split(self, sizes: list[int]) -> list["ScoreResult"]:
+        """Consecutive parts of ``sizes`` samples each (the inverse of concat)."""
+        bounds = np.cumsum([0, *sizes])
+        return [self.slice(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
+
+    def slice(self, start: int, stop: int) -> "ScoreResult":
+        part = lambda d: {k: v[start:stop] for k, v in d.items()}  # noqa: E731
+        cut = lambda a: None if a is None else a[start:stop]  # noqa: E731
+        return ScoreResult(part(self.scores), part(self.p_values), part(self.novel), dict(self.thresholds),
+                           cut(self.latent_mean), cut(self.resample_weight), cut(self.resample))
 
     @staticmethod
     def concat(parts: list["ScoreResult"]) -> "ScoreResult":
         first = parts[0]
         cat = lambda key: {k: np.concatenate([getattr(p, key)[k] for p in parts]) for k in getattr(first, key)}  # noqa: E731
-        lat = None if first.latent_mean is None else np.concatenate([p.latent_mean for p in parts])
-        return ScoreResult(cat("scores"), cat("p_values"), cat("novel"), dict(first.thresholds), lat)
+        arr = lambda key: None if getattr(first, key) is None else np.concatenate([getattr(p, key) for p in parts])  # noqa: E731
+        return ScoreResult(cat("scores"), cat("p_values"), cat("novel"), dict(first.thresholds), arr("latent_mean"),
+                           arr("resample_weight"), arr("resample"))
 
 
 class Scorer:
@@ -105,7 +119,10 @@ class Scorer:
                 raise InvalidInput("float image samples must lie within 0..1 (send UINT8 for 0..255 pixels)")
 
     def _to_device(self, batch: np.ndarray) -> torch.Tensor:
-        x = torch.from_numpy(np.ascontiguousarray(to_model_space(batch)))
+        x = np.ascontiguousarray(to_model_space(batch))
+        if not x.flags.writeable:  # views of request bytes are read-only; torch wants its own copy
+            x = x.copy()
+        x = torch.from_numpy(x)
         x = x.reshape(x.shape[0], *self.model_cfg.input_shape)
         if self.device.type == "cuda":
             return x.pin_memory().to(self.device, non_blocking=True)

@@ -1,0 +1,1 @@
+"""Per-sample scores, calibration and the Scorer. Imports no transport."""

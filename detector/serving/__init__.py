@@ -1,0 +1,1 @@
+"""gRPC scoring server: dynamic batcher, service, transport, metrics."""

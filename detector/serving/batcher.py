@@ -1,0 +1,164 @@
+"""Asyncio dynamic batcher: samples from concurrent requests share one forward pass.
+
+Each request waits on its own future. The loop takes the oldest request, then gathers more
+until ``max_batch_samples`` or until ``max_delay`` has passed since that oldest request
+arrived, scores the batch in a worker thread (the event loop keeps accepting), and hands
+each request its slice of the result. A request whose deadline has passed is answered
+before compute; a failed batch fails every request in it, and the loop goes on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Callable, Protocol
+
+import numpy as np
+
+from detector.errors import DeadlineExpired, Overloaded
+
+
+class BatchObserver(Protocol):
+    def batch_scored(self, n_samples: int, inference_seconds: float) -> None: ...
+    def queue_waited(self, seconds: float) -> None: ...
+
+
+@dataclass
+class _Pending:
+    samples: np.ndarray
+    deadline: float | None  # time.monotonic() seconds
+    future: asyncio.Future
+    enqueued: float = field(default_factory=time.monotonic)
+
+
+class DynamicBatcher:
+    def __init__(self, score_batch: Callable[[np.ndarray], object], split: Callable[[object, list[int]], list],
+                 max_batch_samples: int = 256, max_delay_s: float = 0.002, max_queue_samples: int = 8192,
+                 observer: BatchObserver | None = None, enabled: bool = True):
+        self._score_batch = score_batch
+        self._split = split
+        self.max_batch_samples = max_batch_samples
+        self.max_delay_s = max_delay_s
+        self.max_queue_samples = max_queue_samples
+        self.enabled = enabled  # False: one request per forward pass (for benchmarks)
+        self._observer = observer
+        self._queue: collections.deque[_Pending] = collections.deque()
+        self._queued_samples = 0
+        self._in_flight = 0
+        self._wakeup = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scorer")
+        self._task: asyncio.Task | None = None
+        self._closed = False
+
+    @property
+    def queue_depth(self) -> int:
+        """Samples waiting for a forward pass."""
+        return self._queued_samples
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="dynamic-batcher")
+
+    async def submit(self, samples: np.ndarray, deadline: float | None = None):
+        """Score ``samples`` (N, ...) in some batch; returns this request's part of the result."""
+        if self._closed:
+            raise Overloaded("server is shutting down")
+        n = len(samples)
+        if self._queued_samples + n > self.max_queue_samples:
+            raise Overloaded(f"scoring queue full ({self._queued_samples} samples waiting); retry later")
+        item = _Pending(samples, deadline, asyncio.get_running_loop().create_future())
+        self._queue.append(item)
+        self._queued_samples += n
+        self._idle.clear()
+        self._wakeup.set()
+        try:
+            return await asyncio.shield(item.future)
+        except asyncio.CancelledError:
+            # The caller went away: its samples may still be scored with the batch, the answer is dropped.
+            raise
+
+    def _take_batch(self) -> list[_Pending]:
+        batch, size = [], 0
+        while self._queue:
+            n = len(self._queue[0].samples)
+            if batch and (size + n > self.max_batch_samples or not self.enabled):
+                break
+            item = self._queue.popleft()
+            self._queued_samples -= n
+            batch.append(item)
+            size += n
+        return batch
+
+    def _drop_expired(self, batch: list[_Pending]) -> list[_Pending]:
+        now = time.monotonic()
+        live = []
+        for item in batch:
+            if item.future.done():
+                continue
+            if item.deadline is not None and now >= item.deadline:
+                item.future.set_exception(DeadlineExpired("deadline passed while queued; not scored"))
+            else:
+                live.append(item)
+        return live
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self._queue:
+                if self._in_flight == 0:
+                    self._idle.set()
+                if self._closed:
+                    return
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            if self.enabled:
+                # Wait for more samples until the oldest request has waited max_delay.
+                oldest = self._queue[0].enqueued
+                while self._queued_samples < self.max_batch_samples:
+                    remaining = oldest + self.max_delay_s - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    self._wakeup.clear()
+                    try:
+                        await asyncio.wait_for(self._wakeup.wait(), remaining)
+                    except TimeoutError:
+                        break
+            batch = self._drop_expired(self._take_batch())
+            if not batch:
+                continue
+            started = time.monotonic()
+            if self._observer is not None:
+                for item in batch:
+                    self._observer.queue_waited(started - item.enqueued)
+            sizes = [len(item.samples) for item in batch]
+            samples = batch[0].samples if len(batch) == 1 else np.concatenate([item.samples for item in batch])
+            self._in_flight += 1
+            try:
+                result = await loop.run_in_executor(self._executor, self._score_batch, samples)
+                parts = self._split(result, sizes)
+            except Exception as exc:  # noqa: BLE001 - every request of the failed batch gets the error
+                for item in batch:
+                    if not item.future.done():
+                        item.future.set_exception(exc)
+            else:
+                if self._observer is not None:
+                    self._observer.batch_scored(len(samples), time.monotonic() - started)
+                for item, part in zip(batch, parts):
+                    if not item.future.done():
+                        item.future.set_result(part)
+            finally:
+                self._in_flight -= 1
+
+    async def drain(self) -> None:
+        """Stop accepting; return when every accepted request has been answered."""
+        self._closed = True
+        self._wakeup.set()
+        await self._idle.wait()
+        if self._task is not None:
+            await self._task
+        self._executor.shutdown(wait=True)

@@ -1,0 +1,76 @@
+"""The only place protobuf types meet numpy: Tensor <-> ndarray, ScoreResult -> SampleResults."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from detector.errors import InvalidInput
+from detector.scoring.scorer import ScoreResult
+from detector.v1 import detector_pb2 as pb
+
+_DTYPES = {pb.UINT8: np.dtype("<u1"), pb.FLOAT32: np.dtype("<f4"), pb.FLOAT16: np.dtype("<f2")}
+_ENUM_OF = {np.dtype("uint8"): pb.UINT8, np.dtype("float32"): pb.FLOAT32, np.dtype("float16"): pb.FLOAT16}
+MAX_DIMS = 8
+
+
+def tensor_to_array(tensor: pb.Tensor) -> np.ndarray:
+    """Validate and view a raw tensor as (N, ...) numpy; FLOAT16 is widened to float32."""
+    if tensor.dtype not in _DTYPES:
+        name = pb.DataType.Name(tensor.dtype) if tensor.dtype in pb.DataType.values() else str(tensor.dtype)
+        raise InvalidInput(f"samples.dtype {name} is not supported: use UINT8, FLOAT32 or FLOAT16")
+    shape = list(tensor.shape)
+    if not shape:
+        raise InvalidInput("samples.shape is empty: give [N, ...sample shape]")
+    if len(shape) > MAX_DIMS:
+        raise InvalidInput(f"samples.shape has {len(shape)} dimensions; at most {MAX_DIMS}")
+    if any(d < 0 for d in shape):
+        raise InvalidInput(f"samples.shape {shape} has a negative dimension")
+    dtype = _DTYPES[tensor.dtype]
+    expected = math.prod(shape) * dtype.itemsize  # Python ints: huge dims cannot overflow
+    if len(tensor.data) != expected:
+        raise InvalidInput(f"samples.data holds {len(tensor.data)} bytes; shape {shape} of {pb.DataType.Name(tensor.dtype)}"
+                           f" needs {expected}")
+    array = np.frombuffer(tensor.data, dtype=dtype).reshape(shape)
+    if dtype == np.float16:
+        array = array.astype(np.float32)
+    return array
+
+
+def array_to_tensor(array: np.ndarray) -> pb.Tensor:
+    array = np.ascontiguousarray(array)
+    if array.dtype not in _ENUM_OF:
+        raise InvalidInput(f"arrays of dtype {array.dtype} cannot be sent: use uint8, float32 or float16")
+    return pb.Tensor(shape=list(array.shape), dtype=_ENUM_OF[array.dtype], data=array.astype(array.dtype.newbyteorder("<")).tobytes())
+
+
+def result_to_response(request_id: str, model_version: str, result: ScoreResult, sample_ids) -> pb.ScoreResponse:
+    s, p, novel, t = result.scores, result.p_values, result.novel, result.thresholds
+    n = len(result)
+    ids = list(sample_ids) if len(sample_ids) else [str(i) for i in range(n)]
+    columns = {
+        "novelty_score": s["novelty"].tolist(), "p_value": p["novelty"].tolist(), "is_novel": novel["novelty"].tolist(),
+        "neg_elbo": s["neg_elbo"].tolist(), "recon_error": s["recon_error"].tolist(), "iw_nll": s["iw_nll"].tolist(),
+        "latent_distance": s["latent_distance"].tolist(),
+    }
+    if "complexity_corrected" in s:
+        columns["complexity_corrected"] = s["complexity_corrected"].tolist()
+    if result.resample_weight is not None:
+        columns["resample_weight"] = result.resample_weight.tolist()
+        columns["resample"] = result.resample.tolist()
+    constant = {"threshold": t["novelty"], "neg_elbo_threshold": t["neg_elbo"],
+                "recon_error_threshold": t["recon_error"]}
+    response = pb.ScoreResponse(request_id=request_id, model_version=model_version)
+    names = list(columns)
+    for i, row in enumerate(zip(*columns.values())):
+        response.results.add(sample_id=ids[i], **constant, **dict(zip(names, row)))
+    return response
+
+
+def response_to_columns(response: pb.ScoreResponse) -> dict[str, np.ndarray]:
+    """Client side: a response as named numpy columns."""
+    fields = [f.name for f in pb.SampleResult.DESCRIPTOR.fields if f.name != "sample_id"]
+    cols = {name: np.array([getattr(r, name) for r in response.results]) for name in fields}
+    cols["sample_id"] = np.array([r.sample_id for r in response.results], dtype=object)
+    return cols

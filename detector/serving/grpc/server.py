@@ -1,0 +1,92 @@
+"""The grpc.aio server: Detector service, standard health service, reflection, metrics endpoint,
+graceful drain on SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import CollectorRegistry, start_http_server
+
+from detector.config import ServeConfig
+from detector.scoring.scorer import Scorer
+from detector.serving.grpc.servicer import DetectorServicer
+from detector.serving.metrics import ServerMetrics
+from detector.serving.service import ScoringService
+from detector.v1 import detector_pb2, detector_pb2_grpc
+
+log = logging.getLogger("detector.serve")
+SERVICE_NAME = detector_pb2.DESCRIPTOR.services_by_name["Detector"].full_name  # "detector.v1.Detector"
+
+
+@dataclass
+class RunningServer:
+    server: grpc.aio.Server
+    service: ScoringService
+    health: health.aio.HealthServicer
+    port: int
+    registry: CollectorRegistry
+    metrics_port: int | None = None
+    _http: object = None
+
+    async def set_serving(self, serving: bool) -> None:
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        for name in ("", SERVICE_NAME):
+            await self.health.set(name, status)
+
+    async def stop(self, grace: float) -> None:
+        """NOT_SERVING first (load balancers stop sending), then let in-flight calls finish."""
+        await self.set_serving(False)
+        self.service.ready = False
+        await self.server.stop(grace)
+        await self.service.drain()
+        if self._http is not None:
+            self._http.shutdown()
+
+
+async def start_server(scorer: Scorer, cfg: ServeConfig, registry: CollectorRegistry | None = None) -> RunningServer:
+    """Build, bind and start; health turns SERVING only after the model is warmed up."""
+    cfg.validate()
+    registry = registry if registry is not None else CollectorRegistry()
+    metrics = ServerMetrics(registry, cfg.novelty_window_s)
+    service = ScoringService(scorer, metrics, cfg)
+    server = grpc.aio.server(options=[
+        ("grpc.max_receive_message_length", cfg.max_message_bytes),
+        ("grpc.max_send_message_length", cfg.max_message_bytes),
+        ("grpc.so_reuseport", 0),
+    ])
+    detector_pb2_grpc.add_DetectorServicer_to_server(DetectorServicer(service), server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    port = server.add_insecure_port(f"{cfg.host}:{cfg.port}")
+    if port == 0:
+        raise OSError(f"cannot listen on {cfg.host}:{cfg.port}")
+    running = RunningServer(server, service, health_servicer, port, registry)
+    await running.set_serving(False)
+    await server.start()
+    await service.start()
+    if cfg.metrics_port >= 0:
+        http, _thread = start_http_server(cfg.metrics_port, addr=cfg.metrics_host, registry=registry)
+        running._http, running.metrics_port = http, http.server_port
+    await running.set_serving(True)
+    return running
+
+
+async def serve_forever(scorer: Scorer, cfg: ServeConfig) -> None:
+    running = await start_server(scorer, cfg)
+    metrics = f", metrics on http://{cfg.metrics_host}:{running.metrics_port}/metrics" if running.metrics_port else ""
+    print(f"serving {scorer.model_version} on {cfg.host}:{running.port} ({scorer.device}){metrics}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    print(f"draining: in-flight requests get up to {cfg.grace_s:g} s", flush=True)
+    await running.stop(cfg.grace_s)
+    print("stopped", flush=True)

@@ -1,0 +1,142 @@
+"""Thin gRPC servicer: convert, call the service, convert back. Domain errors become status codes
+in one decorator, so the methods hold no try/except."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+
+import grpc
+
+from detector.errors import (BundleError, DeadlineExpired, DetectorError, InvalidInput, ModelNotReady, Overloaded,
+                             Unauthenticated)
+from detector.serving.grpc.converters import result_to_response, tensor_to_array
+from detector.serving.service import ScoringService, deadline_from_remaining
+from detector.v1 import detector_pb2 as pb
+from detector.v1 import detector_pb2_grpc as pb_grpc
+
+log = logging.getLogger("detector.serve")
+
+STATUS_OF = {
+    InvalidInput: grpc.StatusCode.INVALID_ARGUMENT,
+    Overloaded: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    DeadlineExpired: grpc.StatusCode.DEADLINE_EXCEEDED,
+    ModelNotReady: grpc.StatusCode.UNAVAILABLE,
+    Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
+    BundleError: grpc.StatusCode.FAILED_PRECONDITION,
+}
+
+
+def status_of(exc: BaseException) -> grpc.StatusCode:
+    for kind, code in STATUS_OF.items():
+        if isinstance(exc, kind):
+            return code
+    return grpc.StatusCode.INTERNAL
+
+
+def _observed(method: str, streaming: bool = False):
+    """Record latency and outcome, and map domain errors to gRPC status codes."""
+
+    def wrap(fn):
+        async def finish(self, context, started, exc):
+            code = grpc.StatusCode.OK if exc is None else status_of(exc)
+            if exc is not None and not isinstance(exc, (DetectorError, asyncio.CancelledError)):
+                log.exception("%s failed", method, exc_info=exc)
+            if isinstance(exc, asyncio.CancelledError):
+                code = grpc.StatusCode.CANCELLED
+            m = self.service.metrics
+            m.requests.labels(method, code.name).inc()
+            if code is not grpc.StatusCode.OK:
+                m.errors.labels(method, code.name).inc()
+            m.request_latency.labels(method).observe(time.perf_counter() - started)
+            if exc is not None and not isinstance(exc, asyncio.CancelledError):
+                message = str(exc) if isinstance(exc, DetectorError) else "internal error; see server log"
+                await context.abort(code, message)
+
+        if streaming:
+            @functools.wraps(fn)
+            async def stream(self, request_iterator, context):
+                started, exc = time.perf_counter(), None
+                try:
+                    async for item in fn(self, request_iterator, context):
+                        yield item
+                except asyncio.CancelledError:
+                    exc = asyncio.CancelledError()
+                    raise
+                except Exception as e:  # noqa: BLE001
+                    exc = e
+                finally:
+                    if exc is None or not isinstance(exc, asyncio.CancelledError):
+                        await finish(self, context, started, exc)
+            return stream
+
+        @functools.wraps(fn)
+        async def unary(self, request, context):
+            started, exc = time.perf_counter(), None
+            try:
+                return await fn(self, request, context)
+            except asyncio.CancelledError:
+                exc = asyncio.CancelledError()
+                raise
+            except Exception as e:  # noqa: BLE001
+                exc = e
+            finally:
+                if exc is None or not isinstance(exc, asyncio.CancelledError):
+                    await finish(self, context, started, exc)
+        return unary
+
+    return wrap
+
+
+class DetectorServicer(pb_grpc.DetectorServicer):
+    def __init__(self, service: ScoringService):
+        self.service = service
+
+    async def _score_one(self, request: pb.ScoreRequest, context) -> pb.ScoreResponse:
+        samples = tensor_to_array(request.samples)
+        version, result = await self.service.score(samples, len(request.sample_ids),
+                                                   deadline_from_remaining(context.time_remaining()))
+        return result_to_response(request.request_id, version, result, request.sample_ids)
+
+    @_observed("Score")
+    async def Score(self, request, context):
+        return await self._score_one(request, context)
+
+    @_observed("ScoreStream", streaming=True)
+    async def ScoreStream(self, request_iterator, context):
+        # Score up to stream_max_in_flight requests ahead; answer strictly in request order.
+        pending: asyncio.Queue = asyncio.Queue(maxsize=self.service.cfg.stream_max_in_flight)
+        done = object()
+
+        async def read():
+            try:
+                async for request in request_iterator:
+                    await pending.put(asyncio.ensure_future(self._score_one(request, context)))
+            finally:
+                await pending.put(done)
+
+        reader = asyncio.ensure_future(read())
+        try:
+            while (task := await pending.get()) is not done:
+                yield await task
+            await reader
+        finally:
+            reader.cancel()
+            while not pending.empty():
+                item = pending.get_nowait()
+                if item is not done:
+                    item.cancel()
+
+    @_observed("GetModelInfo")
+    async def GetModelInfo(self, request, context):
+        scorer, cfg = self.service.scorer, self.service.cfg
+        cal = scorer.calibration
+        return pb.ModelInfo(
+            model_version=scorer.model_version, input_shape=list(scorer.sample_shape),
+            preferred_dtype=pb.UINT8 if scorer.input_dtype == "uint8" else pb.FLOAT32, primary_score="novelty",
+            target_fpr=cal["novelty"].target_fpr if "novelty" in cal else 0.0,
+            thresholds={k: c.threshold for k, c in cal.items()}, device=str(scorer.device),
+            max_batch_samples=cfg.max_batch_samples, max_request_samples=cfg.max_request_samples,
+            data_kind=scorer.kind)
