@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The main job, end to end: set up, train on built-in Fashion-MNIST, evaluate against
-# handwritten digits (simpler) and photo patches (more complex).
+# The main job, end to end: set up, train on built-in Fashion-MNIST, evaluate, serve over gRPC,
+# score normal and odd samples, show the metrics, stop the server cleanly.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash scripts/setup.sh
@@ -21,6 +21,25 @@ for set in digits photo; do
     detector --quiet evaluate --model "$RUN/bundle" --normal fashion-mnist:test --anomalous "$RUN/ood/$set.npz"
 done
 
-echo "== 4. per-sample scores of the digits to $RUN/digits_scores.csv =="
-detector --quiet score --model "$RUN/bundle" --data "$RUN/ood/digits.npz" --out "$RUN/digits_scores.csv"
-head -3 "$RUN/digits_scores.csv" | cut -c1-160
+echo "== 4. serve over gRPC (port and metrics port picked free) =="
+detector serve --model "$RUN/bundle" --port 0 --metrics-port 0 > "$RUN/serve.log" 2>&1 &
+SERVER=$!
+trap 'kill -TERM $SERVER 2>/dev/null || true' EXIT
+for _ in $(seq 1 120); do
+    grep -q "^serving" "$RUN/serve.log" && break
+    kill -0 $SERVER 2>/dev/null || { cat "$RUN/serve.log"; exit 1; }
+    sleep 0.5
+done
+line=$(grep "^serving" "$RUN/serve.log")
+echo "$line"
+target=$(echo "$line" | sed -E 's/.* on ([0-9.]+:[0-9]+) .*/\1/')
+metrics=$(echo "$line" | sed -E 's/.*metrics on (http[^ ]+).*/\1/')
+
+echo "== 5. score normal and odd samples over gRPC; show the metrics =="
+python scripts/demo_client.py "$target" "$metrics"
+
+echo "== 6. stop the server (SIGTERM drains in-flight requests) =="
+kill -TERM $SERVER
+wait $SERVER
+trap - EXIT
+tail -2 "$RUN/serve.log"

@@ -1,0 +1,264 @@
+#!/usr/bin/env python
+"""Serving throughput and latency, side by side in one run. Writes docs/benchmarks/serving.{md,json}.
+
+    .venv/bin/python scripts/bench_serve.py --bundle BUNDLE [--seconds 8]
+
+(a) in-process Scorer ceiling at the max batch;
+(b) transport ceiling: the same gRPC server with a no-op scorer, 64 clients, 1-sample requests;
+(c) the real server, 64 clients sending 1-sample requests, batching on and off;
+(d) the real server, 8 clients sending 64-sample requests;
+(e) open-loop load at half the highest sustained 1-sample rate: p99 against
+    max_delay_ms + 2 x one full batch's compute.
+Clients run in separate processes (asyncio, grpc.aio) and check that every response carries
+its own request id and sample ids: lost, duplicated or swapped answers are counted.
+Load targets loopback only and stops by itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing as mp
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+# ---------------------------------------------------------------- server side
+def run_server(bundle: str, port_file: str, noop: bool, batching: bool, max_batch: int, max_delay_ms: float) -> None:
+    from detector.config import ServeConfig
+    from detector.scoring.scorer import Scorer
+    from detector.serving.grpc.server import start_server
+
+    scorer = Scorer.from_path(bundle)
+    if noop:
+        scorer = NoopScorer(scorer)
+    cfg = ServeConfig(port=0, metrics_port=-1, max_batch_samples=max_batch, max_delay_ms=max_delay_ms,
+                      batching=batching, max_queue_samples=1 << 20)
+
+    async def main():
+        running = await start_server(scorer, cfg)
+        Path(port_file).write_text(str(running.port))
+        await asyncio.Event().wait()
+
+    asyncio.run(main())
+
+
+class NoopScorer:
+    """The real scorer's validation and metadata; scoring returns a precomputed result (no model)."""
+
+    def __init__(self, real):
+        self._real = real
+        self._result = real.score(np.zeros((4096, *real.sample_shape), np.uint8))
+        for name in ("sample_shape", "kind", "model_version", "device", "calibration", "input_dtype"):
+            setattr(self, name, getattr(real, name))
+
+    def check_batch(self, batch):
+        self._real.check_batch(batch)
+
+    def score(self, batch):
+        return self._result.slice(0, len(batch))
+
+
+# ---------------------------------------------------------------- client side
+async def _client_loop(target, samples, seconds, batch, concurrency, rate, seed, out):
+    import grpc
+
+    from detector.serving.grpc.converters import array_to_tensor
+    from detector.v1 import detector_pb2 as pb
+    from detector.v1 import detector_pb2_grpc as pb_grpc
+
+    channel = grpc.aio.insecure_channel(target)
+    stub = pb_grpc.DetectorStub(channel)
+    rng = np.random.default_rng(seed)
+    end = time.monotonic() + seconds
+    latencies, bad, errors = [], 0, 0
+
+    async def one(i):
+        nonlocal bad, errors
+        idx = rng.integers(0, len(samples), batch)
+        rid = f"{seed}-{i}"
+        ids = [f"{rid}-{j}" for j in range(batch)]
+        req = pb.ScoreRequest(request_id=rid, samples=array_to_tensor(samples[idx]), sample_ids=ids)
+        t0 = time.perf_counter()
+        try:
+            resp = await stub.Score(req, timeout=30)
+        except grpc.aio.AioRpcError:
+            errors += 1
+            return
+        latencies.append(time.perf_counter() - t0)
+        if resp.request_id != rid or [r.sample_id for r in resp.results] != ids:
+            bad += 1
+
+    if rate is None:  # closed loop: `concurrency` requests always in flight
+        async def worker(w):
+            i = 0
+            while time.monotonic() < end:
+                await one(f"{w}-{i}")
+                i += 1
+        await asyncio.gather(*(worker(w) for w in range(concurrency)))
+    else:  # open loop: Poisson arrivals at `rate` per second from this process
+        tasks, i = [], 0
+        next_t = time.monotonic()
+        while next_t < end:
+            await asyncio.sleep(max(0.0, next_t - time.monotonic()))
+            tasks.append(asyncio.ensure_future(one(i)))
+            i += 1
+            next_t += rng.exponential(1.0 / rate)
+        await asyncio.gather(*tasks)
+    await channel.close()
+    out.put({"latencies": latencies, "bad": bad, "errors": errors})
+
+
+def _client_proc(target, samples, seconds, batch, concurrency, rate, seed, out):
+    asyncio.run(_client_loop(target, samples, seconds, batch, concurrency, rate, seed, out))
+
+
+def load(target, samples, seconds, batch, clients, procs=4, rate=None) -> dict:
+    ctx = mp.get_context("spawn")
+    out = ctx.Queue()
+    per = [clients // procs + (1 if i < clients % procs else 0) for i in range(procs)]
+    ps = [ctx.Process(target=_client_proc, args=(target, samples, seconds, batch, c, None if rate is None else rate / procs,
+                                                 i, out)) for i, c in enumerate(per) if c]
+    t0 = time.perf_counter()
+    for p in ps:
+        p.start()
+    parts = [out.get(timeout=seconds + 120) for _ in ps]
+    for p in ps:
+        p.join()
+    wall = time.perf_counter() - t0 - 1.5  # minus process start-up, measured below as ~1.5 s
+    lat = np.concatenate([np.asarray(p["latencies"]) for p in parts]) if parts else np.zeros(0)
+    n = len(lat)
+    return {"requests": int(n), "samples_per_s": n * batch / seconds, "p50_ms": float(np.percentile(lat, 50) * 1e3),
+            "p95_ms": float(np.percentile(lat, 95) * 1e3), "p99_ms": float(np.percentile(lat, 99) * 1e3),
+            "bad": int(sum(p["bad"] for p in parts)), "errors": int(sum(p["errors"] for p in parts)),
+            "wall_s": wall}
+
+
+class Server:
+    def __init__(self, bundle, noop=False, batching=True, max_batch=256, max_delay_ms=2.0):
+        self.port_file = tempfile.mktemp()
+        self.proc = subprocess.Popen([sys.executable, __file__, "--role", "server", "--bundle", str(bundle),
+                                      "--port-file", self.port_file, "--max-batch", str(max_batch),
+                                      "--max-delay-ms", str(max_delay_ms)] + (["--noop"] if noop else [])
+                                     + ([] if batching else ["--no-batching"]))
+        for _ in range(600):
+            if os.path.exists(self.port_file) and Path(self.port_file).read_text():
+                break
+            time.sleep(0.1)
+        self.target = f"127.0.0.1:{Path(self.port_file).read_text()}"
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.proc.terminate()
+        self.proc.wait(30)
+
+
+def ceiling(bundle, batch) -> tuple[float, float]:
+    from detector.data import load_spec
+    from detector.scoring.scorer import Scorer
+
+    scorer = Scorer.from_path(bundle)
+    x = load_spec("fashion-mnist:test").read(0, batch)
+    scorer.score(x)
+    times = []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        scorer.score(x)
+        times.append(time.perf_counter() - t0)
+    best = min(times)
+    return batch / best, best
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--role", default="bench", choices=("bench", "server"))
+    parser.add_argument("--bundle", required=True)
+    parser.add_argument("--port-file")
+    parser.add_argument("--noop", action="store_true")
+    parser.add_argument("--no-batching", action="store_true")
+    parser.add_argument("--max-batch", type=int, default=256)
+    parser.add_argument("--max-delay-ms", type=float, default=2.0)
+    parser.add_argument("--seconds", type=float, default=8.0)
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks")
+    args = parser.parse_args()
+    if args.role == "server":
+        run_server(args.bundle, args.port_file, args.noop, not args.no_batching, args.max_batch, args.max_delay_ms)
+        return
+
+    from detector.data import load_spec
+
+    samples = load_spec("fashion-mnist:test").read(0, 2048)
+    res = {}
+    res["a_ceiling_samples_per_s"], batch_s = ceiling(args.bundle, args.max_batch)
+    print(f"(a) in-process Scorer at batch {args.max_batch}: {res['a_ceiling_samples_per_s']:.0f} samples/s "
+          f"({batch_s * 1e3:.1f} ms per batch)", flush=True)
+    with Server(args.bundle, noop=True) as s:
+        res["b_transport"] = load(s.target, samples, args.seconds, 1, 64)
+    print(f"(b) transport ceiling (no-op scorer, 64 clients x 1 sample): {res['b_transport']}", flush=True)
+    with Server(args.bundle, batching=True, max_delay_ms=args.max_delay_ms) as s:
+        res["c_batching_on"] = load(s.target, samples, args.seconds, 1, 64)
+        print(f"(c) real server, batching on, 64 clients x 1 sample: {res['c_batching_on']}", flush=True)
+        res["d_8x64"] = load(s.target, samples, args.seconds, 64, 8)
+        print(f"(d) real server, 8 clients x 64 samples: {res['d_8x64']}", flush=True)
+        half = res["c_batching_on"]["samples_per_s"] / 2
+        res["e_half_rate"] = load(s.target, samples, args.seconds, 1, 0, rate=half)
+        res["e_half_rate"]["offered_per_s"] = half
+        print(f"(e) open loop at {half:.0f} req/s: {res['e_half_rate']}", flush=True)
+    with Server(args.bundle, batching=False) as s:
+        res["c_batching_off"] = load(s.target, samples, args.seconds, 1, 64)
+    print(f"(c) real server, batching off, 64 clients x 1 sample: {res['c_batching_off']}", flush=True)
+
+    a, b = res["a_ceiling_samples_per_s"], res["b_transport"]["samples_per_s"]
+    con, coff, d = (res["c_batching_on"]["samples_per_s"], res["c_batching_off"]["samples_per_s"],
+                    res["d_8x64"]["samples_per_s"])
+    bound_ms = args.max_delay_ms + 2 * batch_s * 1e3
+    checks = {
+        "(d) / (a) >= 0.8": d / a, "(c on) / (b) >= 0.7": con / b, "(c on) / (c off) >= 3": con / coff,
+        f"(e) p99 ms <= {bound_ms:.1f} (max_delay + 2 x batch compute)": res["e_half_rate"]["p99_ms"],
+        "lost + duplicated + swapped answers": sum(r.get("bad", 0) for r in res.values() if isinstance(r, dict)),
+    }
+    res["checks"] = checks
+    res["p99_bound_ms"] = bound_ms
+    for k, v in checks.items():
+        print(f"{k}: {v:.3f}")
+    import torch
+
+    device = "CUDA " + torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU only"
+    res["machine"] = f"{os.cpu_count()} CPU cores ({platform.machine()}), {device}"
+    res["date"] = time.strftime("%Y-%m-%d")
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "serving.json").write_text(json.dumps(res, indent=2))
+    rows = [("(b) transport ceiling, no-op scorer, 64 x 1", res["b_transport"]),
+            ("(c) batching on, 64 clients x 1", res["c_batching_on"]),
+            ("(c) batching off, 64 clients x 1", res["c_batching_off"]),
+            ("(d) batching on, 8 clients x 64", res["d_8x64"]),
+            (f"(e) open loop at {res['e_half_rate']['offered_per_s']:.0f} req/s", res["e_half_rate"])]
+    lines = ["# Serving throughput and latency", "",
+             f"Measured by `.venv/bin/python scripts/bench_serve.py --bundle BUNDLE --seconds {args.seconds:g}` on "
+             f"{res['machine']}, {res['date']}; default server settings (max batch {args.max_batch}, "
+             f"max delay {args.max_delay_ms:g} ms). Clients run in 4 separate processes on the same machine, "
+             "so on 2 cores they compete with the server for CPU.", "",
+             f"(a) in-process Scorer ceiling at batch {args.max_batch}: **{a:.0f} samples/s** "
+             f"({batch_s * 1e3:.1f} ms per batch).", "",
+             "| run | samples/s | p50 ms | p95 ms | p99 ms | errors | lost/swapped |", "|---|---|---|---|---|---|---|"]
+    lines += [f"| {name} | {r['samples_per_s']:.0f} | {r['p50_ms']:.1f} | {r['p95_ms']:.1f} | {r['p99_ms']:.1f} | "
+              f"{r['errors']} | {r['bad']} |" for name, r in rows]
+    lines += ["", "| check | value |", "|---|---|"] + [f"| {k} | {v:.3f} |" for k, v in checks.items()]
+    (args.out / "serving.md").write_text("\n".join(lines) + "\n")
+    print(f"wrote {args.out / 'serving.md'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,46 @@
+#!/usr/bin/env python
+"""Score a few normal and odd samples through a running server and print verdicts and metrics.
+
+    .venv/bin/python scripts/demo_client.py HOST:PORT METRICS_URL
+"""
+
+from __future__ import annotations
+
+import sys
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import far_ood  # noqa: E402
+
+from detector.client import DetectorClient  # noqa: E402
+from detector.data import load_spec  # noqa: E402
+
+
+def main() -> None:
+    target, metrics_url = sys.argv[1], sys.argv[2]
+    garments = load_spec("fashion-mnist:test").read(0, 6)
+    sets = {"fashion-mnist:test": garments, "digits": far_ood.digits()[:6], "photo patches": far_ood.photo_patches(6),
+            "blank": far_ood.blank(6)}
+    with DetectorClient(target) as client:
+        info = client.model_info()
+        print(f"model {info.model_version}: input {list(info.input_shape)}, primary score {info.primary_score}, "
+              f"threshold {info.thresholds['novelty']:.3f} at FPR {info.target_fpr}")
+        for name, x in sets.items():
+            r = client.score(x, sample_ids=[f"{name}#{i}" for i in range(len(x))])
+            verdicts = " ".join("NOVEL" if v else "ok" for v in r.is_novel)
+            print(f"{name:>20}: novelty {np.array2string(r.novelty_score, precision=1)}  p {np.array2string(r.p_value, precision=3)}  -> {verdicts}")
+    text = urllib.request.urlopen(metrics_url, timeout=5).read().decode()
+    print("\nmetrics (selection):")
+    for line in text.splitlines():
+        if line.startswith(("detector_samples_scored_total", "detector_samples_novel_total", "detector_novelty_rate",
+                            "detector_requests_total", "detector_batch_size_samples_count", "detector_model_info",
+                            "detector_queue_depth_samples")):
+            print("  " + line)
+
+
+if __name__ == "__main__":
+    main()
