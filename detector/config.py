@@ -1,7 +1,7 @@
 """Settings for model, training, scoring, serving and audits. Plain dataclasses; no torch import.
 
 Defaults carry a one-line reason. A TOML file passed with ``--config`` may set any field, in
-tables named after the dataclasses: ``[model]``, ``[train]``, ``[score]``.
+tables named after the dataclasses: ``[model]``, ``[train]``, ``[score]``, ``[debias]``.
 """
 
 from __future__ import annotations
@@ -56,10 +56,19 @@ class ScoreConfig:
 
 
 @dataclass
+class DebiasConfig:
+    bins: int = 10  # per-dimension histogram bins (DB-VAE's default)
+    alpha: float = 0.01  # weight = 1 / (density + alpha): alpha bounds the largest weight
+    combine: str = "product"  # "product" (the paper, in log space) or "max" (the MIT lab's variant)
+    rare_fraction: float = 0.05  # flag samples whose latent region is among the rarest 5% of training
+
+
+@dataclass
 class Settings:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     score: ScoreConfig = field(default_factory=ScoreConfig)
+    debias: DebiasConfig = field(default_factory=DebiasConfig)
 
 
 def _coerce(cls: type, values: dict[str, Any], where: str) -> Any:
@@ -97,14 +106,24 @@ def load_settings(path: str | Path | None) -> Settings:
         raise ConfigError(f"config file not found: {path}") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-    unknown = set(raw) - {"model", "train", "score"}
+    unknown = set(raw) - {"model", "train", "score", "debias"}
     if unknown:
-        raise ConfigError(f"{path}: unknown table(s) {sorted(unknown)}; use [model], [train], [score]")
-    return Settings(
+        raise ConfigError(f"{path}: unknown table(s) {sorted(unknown)}; use [model], [train], [score], [debias]")
+    settings = Settings(
         model=_coerce(ModelConfig, raw.get("model", {}), f"{path}[model]"),
         train=_coerce(TrainConfig, raw.get("train", {}), f"{path}[train]"),
         score=_coerce(ScoreConfig, raw.get("score", {}), f"{path}[score]"),
+        debias=_coerce(DebiasConfig, raw.get("debias", {}), f"{path}[debias]"),
     )
+    validate_debias(settings.debias)
+    return settings
+
+
+def validate_debias(cfg: DebiasConfig) -> None:
+    if cfg.bins < 2 or cfg.alpha <= 0 or not 0 < cfg.rare_fraction < 1:
+        raise ConfigError("debias: bins must be >= 2, alpha > 0, rare_fraction in (0, 1)")
+    if cfg.combine not in ("product", "max"):
+        raise ConfigError(f"debias.combine must be 'product' or 'max', got '{cfg.combine}'")
 
 
 def validate_train(cfg: TrainConfig) -> None:

@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 
 from detector.config import ModelConfig
 from detector.data.sampleset import SampleSet, to_model_space
+from detector.debias.density import LatentDensity
 from detector.errors import InvalidInput, ModelNotReady
 from detector.model.bundle import Bundle, load_bundle
 from detector.model.device import resolve_device
@@ -90,6 +91,7 @@ class Scorer:
         self.latent_mean = torch.as_tensor(dens.get("latent_mean", np.zeros(z)), dtype=torch.float32, device=self.device)
         self.latent_precision = torch.as_tensor(dens.get("latent_precision", np.eye(z)), dtype=torch.float32,
                                                 device=self.device)
+        self.latent_density = LatentDensity.from_arrays(dens)
         cal = bundle.calibration
         self.fusion = NoveltyFusion.from_json(cal["fusion"]) if cal.get("fusion") else None
         self.calibration: dict[str, ScoreCalibration] = (
@@ -149,6 +151,9 @@ class Scorer:
         scores, mu = self.raw_scores(batch)
         scores[PRIMARY] = self.fusion.apply(scores)
         result = ScoreResult(scores=scores, latent_mean=mu)
+        if self.latent_density is not None:
+            result.resample_weight = self.latent_density.weights(mu)
+            result.resample = self.latent_density.flags(mu)
         for name, cal in self.calibration.items():
             result.p_values[name] = cal.p_values(scores[name])
             result.novel[name] = cal.is_novel(scores[name])

@@ -76,9 +76,3 @@ def raw_scores(
         "latent_distance": latent_distance,
         "latent_mean_": mu,  # not a score: handed on for debiasing and audit plots
     }
-
-
-@torch.inference_mode()
-def latent_means(model: VAE, x: torch.Tensor) -> torch.Tensor:
-    mu, _ = model.encode(x)
-    return mu.float()

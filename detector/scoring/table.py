@@ -22,6 +22,9 @@ def result_columns(result: ScoreResult, index: np.ndarray, labels: np.ndarray | 
         cols[f"p_value_{name}"] = values
     for name, values in result.novel.items():
         cols[f"is_novel_{name}"] = values
+    if result.resample_weight is not None:
+        cols["resample_weight"] = result.resample_weight
+        cols["resample"] = result.resample
     return cols
 
 

@@ -62,7 +62,7 @@ class ScoringService:
         self.check(samples, n_ids)
         version = self.scorer.model_version
         result: ScoreResult = await self.batcher.submit(samples, deadline)
-        self.metrics.record_results(version, result.novel, result.scores, None)
+        self.metrics.record_results(version, result.novel, result.scores, result.resample)
         return version, result
 
     async def drain(self) -> None:

@@ -12,7 +12,9 @@ import numpy as np
 import torch
 
 import detector
-from detector.config import ScoreConfig, Settings, validate_model, validate_train
+from detector.config import DebiasConfig, ScoreConfig, Settings, validate_debias, validate_model, validate_train
+from detector.debias.density import LatentDensity
+from detector.debias.sampler import debias_weights_fn, latent_means_of
 from detector.data.sampleset import SampleSet
 from detector.errors import DataError
 from detector.model.bundle import Bundle, save_bundle
@@ -21,10 +23,9 @@ from detector.model.vae import VAE, resolve_model_config
 from detector.scoring.calibration import CalibrationWarning, calibrate_score, calibration_to_bundle
 from detector.scoring.novelty import NoveltyFusion, default_components
 from detector.scoring.scorer import PRIMARY, Scorer, calibrated_scores
-from detector.training.batches import load_tensor, sequential_batches
+from detector.data.batches import load_tensor
 from detector.training.checkpoint import checkpoint_dir
 from detector.training.trainer import History, train_vae
-from detector.scoring.scores import latent_means
 
 NOISE_SEED = 1234
 MIN_SAMPLES = 50
@@ -63,13 +64,13 @@ def _vector_normalization(model: VAE, train: torch.Tensor) -> None:
     model.input_std.copy_(x.std(0).clamp_min(1e-6).reshape(model.input_std.shape))
 
 
-def fit_latent_density(model: VAE, data: torch.Tensor, device: torch.device, max_samples: int = 50_000) -> dict:
-    """Gaussian fit of the encoder means on training data: the latent_distance score's reference."""
-    mus = torch.cat([latent_means(model, x) for x in sequential_batches(data[:max_samples], 1024, device)]).cpu()
-    mean = mus.mean(0)
-    cov = torch.cov(mus.T.double()) + 1e-6 * torch.eye(mus.shape[1], dtype=torch.float64)
-    return {"latent_mean": mean.double().numpy(), "latent_precision": torch.linalg.inv(cov).numpy(),
-            "train_latent_means": mus.numpy().astype(np.float32)}
+def fit_latent_density(model: VAE, data: torch.Tensor, device: torch.device, debias: DebiasConfig) -> dict:
+    """From the training set's encoder means: a Gaussian (the latent_distance score's reference)
+    and DB-VAE's per-dimension histograms (resampling weights)."""
+    mus = torch.from_numpy(latent_means_of(model, data, device)).double()
+    cov = torch.cov(mus.T) + 1e-6 * torch.eye(mus.shape[1], dtype=torch.float64)
+    hist = LatentDensity.fit(mus.numpy(), debias.bins, debias.alpha, debias.combine, debias.rare_fraction)
+    return {"latent_mean": mus.mean(0).numpy(), "latent_precision": torch.linalg.inv(cov).numpy(), **hist.to_arrays()}
 
 
 def calibrate_bundle(bundle: Bundle, val: SampleSet, cal: SampleSet, target_fpr: float, device: str,
@@ -113,6 +114,7 @@ def train_bundle(samples: SampleSet, settings: Settings, out: Path, resume: bool
                  progress: bool = True) -> TrainResult:
     validate_train(settings.train)
     validate_model(settings.model)
+    validate_debias(settings.debias)
     tcfg = settings.train
     if tcfg.num_threads:
         torch.set_num_threads(tcfg.num_threads)
@@ -124,12 +126,11 @@ def train_bundle(samples: SampleSet, settings: Settings, out: Path, resume: bool
     setup = (lambda m: _vector_normalization(m, train_data)) if samples.kind == "vector" else None
     weights_fn = None
     if tcfg.debias:
-        from detector.debias.sampler import debias_weights_fn
-
-        weights_fn = debias_weights_fn(train_data, device)
+        d = settings.debias
+        weights_fn = debias_weights_fn(train_data, device, d.bins, d.alpha, d.combine)
     model, history = train_vae(model_cfg, tcfg, train_data, val_data, device, checkpoint_dir(out), resume,
                                fingerprint(samples), progress, weights_fn, setup)
-    density = fit_latent_density(model, train_data, device)
+    density = fit_latent_density(model, train_data, device, settings.debias)
     score_cfg: ScoreConfig = settings.score
     config = {
         "name": "vae",
@@ -139,6 +140,7 @@ def train_bundle(samples: SampleSet, settings: Settings, out: Path, resume: bool
         "data": {"kind": samples.kind, "name": samples.name, "sample_shape": list(samples.sample_shape),
                  "storage_dtype": "uint8" if samples.is_uint8 else "float32", "fingerprint": fingerprint(samples),
                  "n_train": len(splits.train), "n_val": len(splits.val), "n_cal": len(splits.cal)},
+        "debias": dataclasses.asdict(settings.debias),
         "train": {**dataclasses.asdict(tcfg), "best_epoch": history.best_epoch, "val_loss": history.val_loss,
                   "samples_per_second": history.samples_per_second},
     }

@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 
 from detector.config import ModelConfig, TrainConfig
 from detector.model.vae import VAE, kl_divergence
-from detector.training.batches import sequential_batches, shuffled_batches
+from detector.data.batches import sequential_batches, shuffled_batches
 from detector.training.checkpoint import load_checkpoint, save_checkpoint
 
 

@@ -1,0 +1,1 @@
+"""DB-VAE latent-density debiasing: resampling weights and the training sampler."""
