@@ -33,12 +33,19 @@ def _fpr(text: str) -> float:
     return value
 
 
+class _Parser(argparse.ArgumentParser):
+    """One line on a usage error, not the whole usage block."""
+
+    def error(self, message: str):
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
 def _add_device(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="where to run (default: auto)")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="detector", description="VAE anomaly detection: train, calibrate, "
+    parser = _Parser(prog="detector", description="VAE anomaly detection: train, calibrate, "
                                      "score, evaluate, serve, audit.")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

@@ -32,7 +32,7 @@ def load_checkpoint(folder: Path, expected_meta: dict[str, Any]) -> dict[str, An
     if not (folder / "last.pt").exists() or not (folder / "meta.json").exists():
         return None
     meta = json.loads((folder / "meta.json").read_text())
-    if meta != expected_meta:
+    if meta != json.loads(json.dumps(expected_meta, sort_keys=True)):  # tuples read back as lists
         raise BundleError(
             f"{folder}: checkpoint was written for other settings or data; remove it or train without --resume"
         )

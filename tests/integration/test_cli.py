@@ -123,7 +123,7 @@ def test_user_mistakes_exit_2_with_one_line(tmp_path, args, message):
     assert proc.returncode == 2
     assert message in proc.stderr
     assert "Traceback" not in proc.stderr
-    assert len([line for line in proc.stderr.splitlines() if line.strip()]) <= 3  # argparse adds a usage line
+    assert len([line for line in proc.stderr.splitlines() if line.strip()]) == 1
 
 
 def test_bad_data_files_exit_2(tmp_path, trained):
