@@ -98,7 +98,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-batching", action="store_true", help="one request per forward pass (benchmarks)")
     p.add_argument("--grace-s", type=float, default=20.0, help="SIGTERM: time in-flight requests get to finish")
     _add_device(p)
+
+    p = sub.add_parser("audit", help="score a whole dataset: per-sample table, weights, summary, HTML report")
+    p.add_argument("--model", required=True, type=Path, metavar="BUNDLE")
+    p.add_argument("--data", required=True, metavar="SPEC")
+    p.add_argument("--out", required=True, type=Path, metavar="DIR")
+    p.add_argument("--chunk-size", type=_positive_int, default=8192, help="samples per resumable chunk")
+    p.add_argument("--batch-size", type=_positive_int, default=1024)
+    p.add_argument("--format", choices=("parquet", "csv"), default="parquet", help="per-sample table format")
+    _add_device(p)
     return parser
+
+
+def _audit(args: argparse.Namespace) -> int:
+    from detector.audit.runner import run_audit
+
+    summary = run_audit(args.model, args.data, args.out, args.chunk_size, args.batch_size, args.device, args.format,
+                        progress=not args.quiet)
+    if summary:
+        print(f"audited {summary['n_samples']} samples: {summary['novelty_rate']['novelty']:.2%} novel, "
+              f"{summary['resample_rate']:.2%} flagged for resampling; report: {args.out / 'report.html'}")
+    return 0
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -196,7 +216,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": _train, "calibrate": _calibrate, "score": _score, "evaluate": _evaluate, "serve": _serve}
+COMMANDS = {"train": _train, "calibrate": _calibrate, "score": _score, "evaluate": _evaluate, "serve": _serve, "audit": _audit}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -42,20 +42,53 @@ def check_table_path(path: Path) -> str:
     return fmt
 
 
-def write_table(cols: dict[str, np.ndarray], path: Path) -> None:
-    fmt = check_table_path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    if fmt == "parquet":
-        import pyarrow as pa
-        import pyarrow.parquet as pq
+class TableWriter:
+    """Write a table chunk by chunk (bounded memory) to a temporary file, renamed into place on close."""
 
-        pq.write_table(pa.table({k: np.asarray(v) for k, v in cols.items()}), tmp)
-    else:
-        names = list(cols)
-        with open(tmp, "w", newline="") as fh:
-            writer = csv.writer(fh)
-            writer.writerow(names)
-            columns = [np.asarray(cols[n]).astype(int) if cols[n].dtype == bool else cols[n] for n in names]
-            for row in zip(*columns):
-                writer.writerow([f"{v:.6g}" if isinstance(v, (float, np.floating)) else v for v in row])
-    os.replace(tmp, path)
+    def __init__(self, path: Path):
+        self.path = path
+        self.fmt = check_table_path(path)
+        self.tmp = path.with_name(f".{path.name}.tmp")
+        self._writer = None
+        self._names: list[str] | None = None
+
+    def write(self, cols: dict[str, np.ndarray]) -> None:
+        if self.fmt == "parquet":
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+
+            table = pa.table({k: np.asarray(v) for k, v in cols.items()})
+            if self._writer is None:
+                self._writer = pq.ParquetWriter(self.tmp, table.schema)
+            self._writer.write_table(table)
+            return
+        if self._writer is None:
+            self._writer = open(self.tmp, "w", newline="")
+            self._names = list(cols)
+            self._csv = csv.writer(self._writer)
+            self._csv.writerow(self._names)
+        columns = [np.asarray(cols[n]).astype(int) if np.asarray(cols[n]).dtype == bool else cols[n]
+                   for n in self._names]
+        for row in zip(*columns):
+            self._csv.writerow([f"{v:.6g}" if isinstance(v, (float, np.floating)) else v for v in row])
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+        os.replace(self.tmp, self.path)
+
+    def __enter__(self) -> "TableWriter":
+        return self
+
+    def __exit__(self, exc_type, *rest) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            if self._writer is not None:
+                self._writer.close()
+            self.tmp.unlink(missing_ok=True)
+
+
+def write_table(cols: dict[str, np.ndarray], path: Path) -> None:
+    with TableWriter(path) as writer:
+        writer.write(cols)

@@ -1,0 +1,1 @@
+"""Offline dataset audits: chunked scoring, resumable and shardable, with a report."""

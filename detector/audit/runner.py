@@ -1,0 +1,106 @@
+"""`detector audit`: score a whole dataset in chunks (memory bounded, resumable, shardable by
+torchrun rank), then merge into a per-sample table, weights, a summary and an HTML report."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from detector.audit import chunks
+from detector.audit.report import write_report
+from detector.audit.stats import AuditStats
+from detector.data import load_spec
+from detector.errors import InvalidInput
+from detector.scoring.scorer import ScoreResult, Scorer
+from detector.scoring.table import TableWriter, result_columns
+from detector.training.pipeline import fingerprint
+
+
+def _distributed():
+    """(rank, world size, torch.distributed or None); torchrun sets RANK and WORLD_SIZE."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1, None
+    import torch
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("gloo")  # only barriers cross processes: gloo works for CPU and CUDA ranks
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    return dist.get_rank(), dist.get_world_size(), dist
+
+
+def run_audit(bundle: Path, spec: str, out: Path, chunk_size: int = 8192, batch_size: int = 1024,
+              device: str = "auto", table_format: str = "parquet", progress: bool = True) -> dict:
+    if table_format not in ("parquet", "csv"):
+        raise InvalidInput(f"table format must be parquet or csv, got '{table_format}'")
+    rank, world, dist = _distributed()
+    scorer = Scorer.from_path(bundle, device=device)
+    samples = load_spec(spec)
+    if samples.sample_shape != scorer.sample_shape:
+        raise InvalidInput(f"{spec}: samples of shape {list(samples.sample_shape)} do not fit a model trained on "
+                           f"{list(scorer.sample_shape)}")
+    plan = chunks.AuditPlan(scorer.model_version, samples.name, fingerprint(samples), len(samples), chunk_size)
+    if rank == 0:
+        chunks.prepare(out, plan)
+    if dist is not None:
+        dist.barrier()
+    mine = [i for i in range(rank, plan.n_chunks, world) if not chunks.is_done(out, i)]
+    todo = sum(plan.chunk_range(i)[1] - plan.chunk_range(i)[0] for i in mine)
+    labels = samples.labels
+    with tqdm(total=todo, desc=f"auditing{f' (rank {rank})' if world > 1 else ''}", unit="sample",
+              disable=not progress or rank != 0) as bar:
+        for i in mine:
+            start, stop = plan.chunk_range(i)
+            parts = []
+            for b in range(start, stop, batch_size):
+                raw = samples.read(b, min(b + batch_size, stop))
+                parts.append(scorer.score(raw))
+                bar.update(len(raw))
+            chunks.write_chunk(out, i, start, ScoreResult.concat(parts), None if labels is None else labels[start:stop])
+    if dist is not None:
+        dist.barrier()
+    summary = merge(out, plan, scorer, samples, table_format) if rank == 0 else {}
+    if dist is not None:
+        dist.barrier()
+        dist.destroy_process_group()
+    return summary
+
+
+def merge(out: Path, plan: chunks.AuditPlan, scorer: Scorer, samples, table_format: str) -> dict:
+    """Stream the chunk files into scores table + weights.npy + summary.json + report.html."""
+    stats = AuditStats(scorer)
+    stats.set_total(plan.n_samples)
+    weights_tmp = out / ".weights.npy.tmp"
+    weights = np.lib.format.open_memmap(weights_tmp, mode="w+", dtype=np.float32, shape=(plan.n_samples,))
+    table_path = out / f"scores.{table_format}"
+    with TableWriter(table_path) as table:
+        for i in range(plan.n_chunks):
+            c = chunks.read_chunk(out, i)
+            result = ScoreResult(
+                scores={k[6:]: v for k, v in c.items() if k.startswith("score/")},
+                p_values={k[8:]: v for k, v in c.items() if k.startswith("p_value/")},
+                novel={k[6:]: v for k, v in c.items() if k.startswith("novel/")},
+                resample_weight=c.get("resample_weight"), resample=c.get("resample"))
+            table.write(result_columns(result, c["index"], c.get("label")))
+            if result.resample_weight is not None:
+                weights[c["index"]] = result.resample_weight
+            stats.add(c)
+    weights.flush()
+    del weights
+    os.replace(weights_tmp, out / "weights.npy")
+    for i in range(plan.n_chunks):  # second pass: histograms on ranges known from the first
+        stats.add_histograms(chunks.read_chunk(out, i))
+    summary = stats.summary(asdict(plan), scorer)
+    summary["files"] = {"scores": table_path.name, "weights": "weights.npy", "report": "report.html"}
+    tmp = out / ".summary.json.tmp"
+    tmp.write_text(json.dumps(summary, indent=2))
+    os.replace(tmp, out / "summary.json")
+    write_report(out / "report.html", summary, stats, scorer, samples)
+    return summary
