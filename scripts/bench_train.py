@@ -105,6 +105,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=1024)
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks")
+    parser.add_argument("--keep", type=Path, help="copy the trained bundle here (for bench_serve / bench_audit)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         ours_rate, n_train, bundle = ours(args.epochs, Path(tmp))
@@ -112,6 +113,11 @@ def main() -> None:
         print(f"training: detector train {ours_rate:.0f} samples/s, textbook loop {book_rate:.0f} samples/s, "
               f"ratio {ours_rate / book_rate:.2f}", flush=True)
         score_rates = scoring(bundle, args.batch_size)
+        if args.keep:
+            import shutil
+
+            shutil.rmtree(args.keep, ignore_errors=True)
+            shutil.copytree(bundle, args.keep)
     for k, v in score_rates.items():
         print(f"scoring {k}: {v:.0f} samples/s")
     device = "CUDA " + torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"

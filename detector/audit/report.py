@@ -91,7 +91,7 @@ def _latent(stats: AuditStats) -> str | None:
     fig, ax = plt.subplots(figsize=(5.5, 4.5))
     sc = ax.scatter(xy[:, 0], xy[:, 1], c=np.log10(w), s=4, cmap="viridis")
     fig.colorbar(sc, ax=ax, label="log10 resample weight (rarer = larger)")
-    ax.set_title(f"latent means, PCA (every {stats._stride}th sample)")
+    ax.set_title("latent means, PCA" + (f" (1 in {stats._stride} samples)" if stats._stride > 1 else ""))
     return _png(fig)
 
 
