@@ -128,7 +128,7 @@ def load(target, samples, seconds, batch, clients, procs=4, rate=None) -> dict:
     out = ctx.Queue()
     per = [clients // procs + (1 if i < clients % procs else 0) for i in range(procs)]
     ps = [ctx.Process(target=_client_proc, args=(target, samples, seconds, batch, c, None if rate is None else rate / procs,
-                                                 i, out)) for i, c in enumerate(per) if c]
+                                                 i, out)) for i, c in enumerate(per) if c or rate is not None]
     t0 = time.perf_counter()
     for p in ps:
         p.start()
@@ -165,12 +165,23 @@ class Server:
         self.proc.wait(30)
 
 
-def ceiling(bundle, batch) -> tuple[float, float]:
+def bench_samples(bundle, n: int = 2048) -> np.ndarray:
+    """Fashion-MNIST test images for a 28x28 grayscale model, synthetic images of the right shape otherwise."""
     from detector.data import load_spec
+    from detector.data.synthetic import bars
+    from detector.model.bundle import load_bundle
+
+    shape = tuple(load_bundle(bundle).config["data"]["sample_shape"])
+    if shape == (1, 28, 28):
+        return load_spec("fashion-mnist:test").read(0, n)
+    return bars(n, size=shape[1], channels=shape[0])
+
+
+def ceiling(bundle, batch) -> tuple[float, float]:
     from detector.scoring.scorer import Scorer
 
     scorer = Scorer.from_path(bundle)
-    x = load_spec("fashion-mnist:test").read(0, batch)
+    x = np.concatenate([bench_samples(bundle)] * (1 + batch // 2048))[:batch]
     scorer.score(x)
     times = []
     for _ in range(5):
@@ -197,9 +208,7 @@ def main() -> None:
         run_server(args.bundle, args.port_file, args.noop, not args.no_batching, args.max_batch, args.max_delay_ms)
         return
 
-    from detector.data import load_spec
-
-    samples = load_spec("fashion-mnist:test").read(0, 2048)
+    samples = bench_samples(args.bundle)
     res = {}
     res["a_ceiling_samples_per_s"], batch_s = ceiling(args.bundle, args.max_batch)
     print(f"(a) in-process Scorer at batch {args.max_batch}: {res['a_ceiling_samples_per_s']:.0f} samples/s "
