@@ -107,7 +107,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=_positive_int, default=1024)
     p.add_argument("--format", choices=("parquet", "csv"), default="parquet", help="per-sample table format")
     _add_device(p)
+
+    p = sub.add_parser("health", help="exit 0 if a server reports SERVING on grpc.health.v1 (container probes)")
+    p.add_argument("--target", default="127.0.0.1:50051", metavar="HOST:PORT")
+    p.add_argument("--service", default="detector.v1.Detector")
+    p.add_argument("--timeout", type=float, default=3.0)
     return parser
+
+
+def _health(args: argparse.Namespace) -> int:
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    with grpc.insecure_channel(args.target) as channel:
+        try:
+            reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=args.service),
+                                                              timeout=args.timeout)
+        except grpc.RpcError as exc:
+            print(f"{args.target}: {exc.code().name}", file=sys.stderr)
+            return 1
+    status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+    print(f"{args.target} {args.service or '(server)'}: {status}")
+    return 0 if status == "SERVING" else 1
 
 
 def _audit(args: argparse.Namespace) -> int:
@@ -216,7 +237,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": _train, "calibrate": _calibrate, "score": _score, "evaluate": _evaluate, "serve": _serve, "audit": _audit}
+COMMANDS = {"train": _train, "calibrate": _calibrate, "score": _score, "evaluate": _evaluate, "serve": _serve, "audit": _audit, "health": _health}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,13 +1,23 @@
 #!/usr/bin/env bash
 # Idempotent set-up: system packages, .venv, the package (editable, dev extras), generated protobuf code.
 # Safe to run again: each step checks what is already there.
+#   scripts/setup.sh            developer / CI machine: data set, test tools, dev extras
+#   scripts/setup.sh --runtime  server image (deploy/Dockerfile): the package and its runtime dependencies only
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-APT_PACKAGES=(dataset-fashion-mnist chromium prometheus)
+MODE="${1:-dev}"
+if [ "$MODE" = "--runtime" ]; then
+    APT_PACKAGES=()
+    EXTRAS=""
+else
+    # dataset-fashion-mnist: built-in data; chromium: report tests; prometheus: monitoring tests and promtool.
+    APT_PACKAGES=(dataset-fashion-mnist chromium prometheus)
+    EXTRAS="[dev]"
+fi
 
 missing=()
-for pkg in "${APT_PACKAGES[@]}"; do
+for pkg in "${APT_PACKAGES[@]+"${APT_PACKAGES[@]}"}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
 done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -24,11 +34,11 @@ PYTHON="${PYTHON:-python3}"
 
 # Reinstall only when pyproject.toml changed since the last successful install.
 stamp=".venv/.vae-detector-installed"
-want="$(sha256sum pyproject.toml | cut -d' ' -f1)"
+want="$(sha256sum pyproject.toml | cut -d' ' -f1)$EXTRAS"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ] || ! .venv/bin/python -c 'import detector, torch' 2>/dev/null; then
     echo "setup: installing Python packages into .venv (torch 2.14.1 from the local wheel cache; a few minutes)"
     .venv/bin/python -m pip install -q --upgrade pip
-    .venv/bin/python -m pip install -q -e ".[dev]"
+    .venv/bin/python -m pip install -q -e ".$EXTRAS"
     echo "$want" > "$stamp"
 fi
 

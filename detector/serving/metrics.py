@@ -127,6 +127,9 @@ class _LiveCollector:
         depth = GaugeMetricFamily("detector_queue_depth_samples", "Samples waiting for a forward pass.")
         depth.add_metric([], float(live.get("queue_depth", 0)))
         yield depth
+        capacity = GaugeMetricFamily("detector_queue_capacity_samples", "Queue limit: beyond it, RESOURCE_EXHAUSTED.")
+        capacity.add_metric([], float(live.get("queue_capacity", 0)))
+        yield capacity
         rate = GaugeMetricFamily("detector_novelty_rate",
                                  f"Share of samples flagged novel over the last {self.metrics.window_s:g} s.",
                                  labels=["model_version", "score"])

@@ -36,6 +36,7 @@ class ScoringService:
     def live(self) -> dict:
         return {
             "queue_depth": self.batcher.queue_depth,
+            "queue_capacity": self.cfg.max_queue_samples,
             "model_version": self.scorer.model_version,
             "device": str(self.scorer.device),
             "input_shape": "x".join(map(str, self.scorer.sample_shape)),
