@@ -179,6 +179,8 @@ def _train(args: argparse.Namespace) -> int:
     settings.train.debias = settings.train.debias or args.debias
     samples = load_spec(args.data)
     result = train_bundle(samples, settings, args.out, resume=args.resume, progress=not args.quiet)
+    if result is None:  # a torchrun rank other than 0: rank 0 reports and writes
+        return 0
     for w in result.calibration_warnings:
         print(f"warning: {w}", file=sys.stderr)
     h = result.history

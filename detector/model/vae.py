@@ -140,6 +140,15 @@ class VAE(nn.Module):
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         return self.decoder(z)
 
+    def forward(self, x: torch.Tensor, eps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One-sample training terms per sample: (-log p(x|z), KL(q(z|x) || p(z))), each (B,).
+
+        The training step goes through forward() so DistributedDataParallel can sync gradients.
+        """
+        mu, logvar = self.encode(x)
+        nll = -self.log_likelihood(x, self.decode(self.reparameterize(mu, logvar, eps)))
+        return nll, kl_divergence(mu.float(), logvar.float())
+
     def log_likelihood(self, x: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
         """log p(x|z) in model space, (B,): the standardisation's Jacobian is included."""
         ll = likelihoods.log_likelihood(self.cfg.likelihood, self.normalize(x), params.float(), self.cfg.min_log_scale)

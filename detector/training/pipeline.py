@@ -111,7 +111,9 @@ class TrainResult:
 
 
 def train_bundle(samples: SampleSet, settings: Settings, out: Path, resume: bool = False,
-                 progress: bool = True) -> TrainResult:
+                 progress: bool = True) -> TrainResult | None:
+    """Fit, calibrate, write ``out``. Under torchrun every rank trains; rank 0 alone calibrates and
+    writes, and the other ranks return None."""
     validate_train(settings.train)
     validate_model(settings.model)
     validate_debias(settings.debias)
@@ -130,6 +132,9 @@ def train_bundle(samples: SampleSet, settings: Settings, out: Path, resume: bool
         weights_fn = debias_weights_fn(train_data, device, d.bins, d.alpha, d.combine)
     model, history = train_vae(model_cfg, tcfg, train_data, val_data, device, checkpoint_dir(out), resume,
                                fingerprint(samples), progress, weights_fn, setup)
+    if history.rank != 0:
+        return None
+    device = next(model.parameters()).device
     density = fit_latent_density(model, train_data, device, settings.debias)
     score_cfg: ScoreConfig = settings.score
     config = {

@@ -12,7 +12,8 @@ import torch
 from tqdm.auto import tqdm
 
 from detector.config import ModelConfig, TrainConfig
-from detector.model.vae import VAE, kl_divergence
+from detector.model.vae import VAE
+from detector.training.distributed import DistContext
 from detector.data.batches import sequential_batches, shuffled_batches
 from detector.training.checkpoint import load_checkpoint, save_checkpoint
 
@@ -22,6 +23,7 @@ class History:
     train_loss: list[float] = field(default_factory=list)
     val_loss: list[float] = field(default_factory=list)
     best_epoch: int = -1
+    rank: int = 0  # torchrun rank that produced this history; only rank 0 writes the bundle
     samples_seen: int = 0
     seconds: float = 0.0
 
@@ -38,12 +40,10 @@ def kl_weight(cfg: TrainConfig, epoch: int, step: int, steps_per_epoch: int) -> 
     return cfg.beta * min(1.0, progress)
 
 
-def loss_per_sample(model: VAE, x: torch.Tensor, eps: torch.Tensor, beta: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(beta-weighted training loss, negative ELBO), each (B,)."""
-    mu, logvar = model.encode(x)
-    z = model.reparameterize(mu, logvar, eps)
-    nll = -model.log_likelihood(x, model.decode(z))
-    kl = kl_divergence(mu.float(), logvar.float())
+def loss_per_sample(model: torch.nn.Module, x: torch.Tensor, eps: torch.Tensor,
+                    beta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(beta-weighted training loss, negative ELBO), each (B,). ``model`` is a VAE or its DDP wrapper."""
+    nll, kl = model(x, eps)
     return nll + beta * kl, nll + kl
 
 
@@ -82,10 +82,14 @@ def train_vae(
     """
     import time
 
+    dist = DistContext.from_env(device)
+    device = dist.device(device)
+    train_data = dist.shard(train_data)
     torch.manual_seed(cfg.seed)
     model = VAE(model_cfg).to(device)
     if setup is not None:
         setup(model)
+    net = dist.wrap(model)  # forward() through DDP when distributed; parameters are the model's
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     generator = torch.Generator().manual_seed(cfg.seed)
     history = History()
@@ -94,7 +98,7 @@ def train_vae(
     meta = {"model": dataclasses.asdict(model_cfg), "train": {k: v for k, v in dataclasses.asdict(cfg).items()
                                                               if k not in ("epochs", "device", "num_threads")},
             "data": fingerprint}
-    if ckpt_dir is not None and resume:
+    if ckpt_dir is not None and resume:  # every rank resumes from rank 0's checkpoint
         state = load_checkpoint(ckpt_dir, meta)
         if state is not None:
             model.load_state_dict(state["model"])
@@ -107,19 +111,25 @@ def train_vae(
             history.val_loss = state["val_loss"].tolist()
             history.best_epoch = int(state["best_epoch"])
     use_amp = cfg.amp and device.type == "cuda"
-    steps = max(1, train_data.shape[0] // cfg.batch_size)
+    # batch_size is the global batch: each of N ranks takes batch_size / N, so a torchrun job takes the
+    # same optimiser steps per epoch as one process with the same settings.
+    batch_size = max(1, cfg.batch_size // dist.world)
+    steps = max(1, train_data.shape[0] // batch_size)
     model.train()
     for epoch in range(start_epoch, cfg.epochs):
         if stale >= cfg.patience:
             break
         t0 = time.perf_counter()
         weights = sample_weights(model) if sample_weights is not None else None
-        bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress, leave=False, unit="batch")
+        bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress or not dist.is_main,
+                   leave=False, unit="batch")
         running = 0.0
-        for step, x in enumerate(shuffled_batches(train_data, cfg.batch_size, generator, device, weights)):
+        if weights is not None and dist.enabled:
+            weights = dist.shard(weights)
+        for step, x in enumerate(shuffled_batches(train_data, batch_size, generator, device, weights)):
             eps = torch.randn(x.shape[0], model.latent_dim, generator=generator).to(device, non_blocking=True)
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
-                loss, _ = loss_per_sample(model, x, eps, kl_weight(cfg, epoch, step, steps))
+                loss, _ = loss_per_sample(net, x, eps, kl_weight(cfg, epoch, step, steps))
                 loss = loss.mean()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -140,10 +150,10 @@ def train_vae(
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         elif epoch + 1 >= cfg.warmup_epochs:
             stale += 1
-        if progress:
+        if progress and dist.is_main:
             tqdm.write(f"epoch {epoch + 1}: train loss {history.train_loss[-1]:.2f}  val neg-ELBO {val:.2f}"
                        f"{'  (best)' if history.best_epoch == epoch else ''}")
-        if ckpt_dir is not None:
+        if ckpt_dir is not None and dist.is_main:
             save_checkpoint(ckpt_dir, {
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(), "generator": generator.get_state(),
                 "torch_rng": torch.get_rng_state(), "best": best_state, "best_loss": torch.tensor(best_loss),
@@ -152,4 +162,7 @@ def train_vae(
             }, meta)
     model.load_state_dict(best_state)
     model.eval()
+    history.samples_seen *= dist.world  # every rank saw as many samples as this one
+    history.rank = dist.rank
+    dist.close()
     return model, history

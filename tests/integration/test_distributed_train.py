@@ -1,0 +1,33 @@
+"""torchrun --nproc_per_node=2 training on CPU (gloo): a loadable bundle, validation loss within 5%."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from detector.model.bundle import load_bundle
+
+TOML = "[model]\nlatent_dim = 4\nbase_channels = 8\n[train]\nbatch_size = 32\nwarmup_epochs = 1\npatience = 3\n"
+
+
+def test_two_process_training_matches_single_process(data_dir, tmp_path):
+    (tmp_path / "t.toml").write_text(TOML)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    common = ["--quiet", "train", "--data", str(data_dir / "normal.npz"), "--config", str(tmp_path / "t.toml"),
+              "--seed", "3", "--epochs", "10"]
+    single = subprocess.run([sys.executable, "-m", "detector", *common, "--out", str(tmp_path / "one")],
+                            capture_output=True, text=True, env=env, timeout=600)
+    assert single.returncode == 0, single.stderr
+    torchrun = str(Path(sys.executable).parent / "torchrun")
+    multi = subprocess.run([torchrun, "--standalone", "--nproc_per_node=2", "-m", "detector", *common, "--out",
+                            str(tmp_path / "two")], capture_output=True, text=True, env=env, timeout=600)
+    assert multi.returncode == 0, multi.stderr[-3000:]
+    assert multi.stdout.count("wrote ") == 1  # rank 0 alone writes
+    bundle = load_bundle(tmp_path / "two")
+    assert not any(k.startswith("module.") for k in bundle.weights)
+    v1 = min(json.loads((tmp_path / "one/config.json").read_text())["train"]["val_loss"])
+    v2 = min(bundle.config["train"]["val_loss"])
+    assert abs(v2 - v1) / v1 < 0.05, (v1, v2)
