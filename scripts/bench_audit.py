@@ -13,9 +13,6 @@ Writes docs/benchmarks/audit.{md,json}.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -25,6 +22,9 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "scripts"))
+
+from benchlib import machine, write_results  # noqa: E402
 
 from detector.audit.runner import run_audit  # noqa: E402
 from detector.data import load_spec  # noqa: E402
@@ -84,11 +84,8 @@ def main() -> None:
             print(f"{n} samples: peak RSS {rss:.0f} MB, {seconds:.0f} s", flush=True)
             data.unlink()
     res["rss_ratio"] = res["large"]["peak_rss_mb"] / res["small"]["peak_rss_mb"]
-    res["machine"] = f"{os.cpu_count()} CPU cores ({platform.machine()})"
-    res["date"] = time.strftime("%Y-%m-%d")
+    res["machine"] = machine()
     print(f"peak RSS ratio {args.large} / {args.small}: {res['rss_ratio']:.2f}")
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "audit.json").write_text(json.dumps(res, indent=2))
     lines = ["# Audit throughput and memory", "",
              f"Measured by `.venv/bin/python scripts/bench_audit.py --bundle BUNDLE --small {args.small} --large "
              f"{args.large}` on {res['machine']}, {res['date']}.", "",
@@ -102,8 +99,7 @@ def main() -> None:
              f"| peak RSS, {args.large:,} synthetic 28x28 samples | {res['large']['peak_rss_mb']:.0f} MB "
              f"({res['large']['seconds']:.0f} s) |",
              f"| **peak RSS ratio** | **{res['rss_ratio']:.2f}** |"]
-    (args.out / "audit.md").write_text("\n".join(lines) + "\n")
-    print(f"wrote {args.out / 'audit.md'}")
+    write_results(args.out, "audit", res, lines)
 
 
 if __name__ == "__main__":

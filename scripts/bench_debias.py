@@ -13,9 +13,6 @@ rate (its test images flagged novel) with and without debiasing, beside the othe
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -25,6 +22,9 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "scripts"))
+
+from benchlib import machine, write_results  # noqa: E402
 
 from detector.data import load_spec  # noqa: E402
 from detector.data.builtin import FASHION_MNIST_CLASSES  # noqa: E402
@@ -75,10 +75,7 @@ def main() -> None:
             }
             print(f"{name}: {result['runs'][name]}", flush=True)
     a, b = result["runs"]["without --debias"], result["runs"]["with --debias"]
-    result["machine"] = f"{os.cpu_count()} CPU cores ({platform.machine()})"
-    result["date"] = time.strftime("%Y-%m-%d")
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "debias.json").write_text(json.dumps(result, indent=2))
+    result["machine"] = machine()
     lines = ["# Debiasing (DB-VAE)", "",
              f"Measured by `.venv/bin/python scripts/bench_debias.py --minority {args.minority} --share {args.share} "
              f"--epochs {args.epochs}` on {result['machine']}, {result['date']}. Training set: Fashion-MNIST train with "
@@ -93,8 +90,7 @@ def main() -> None:
              f"{b['minority_test_fpr']:.2%} |",
              f"| other classes' false-positive rate (test) | {a['rest_test_fpr']:.2%} | {b['rest_test_fpr']:.2%} |",
              f"| training time | {a['train_seconds']:.0f} s | {b['train_seconds']:.0f} s |"]
-    (args.out / "debias.md").write_text("\n".join(lines) + "\n")
-    print(f"wrote {args.out / 'debias.md'}")
+    write_results(args.out, "debias", result, lines)
 
 
 if __name__ == "__main__":

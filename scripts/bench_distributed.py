@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -20,6 +19,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "scripts"))
+
+from benchlib import machine, write_results  # noqa: E402
 
 
 def run(cmd: list[str], threads: int, out: Path) -> dict:
@@ -48,9 +50,7 @@ def main() -> None:
         print(f"torchrun {args.nproc} processes: {many}", flush=True)
     gap = (many["best_val_loss"] - one["best_val_loss"]) / one["best_val_loss"]
     res = {"one": one, "torchrun": many, "nproc": args.nproc, "val_loss_gap": gap, "data": args.data,
-           "epochs": args.epochs, "machine": f"{cores} CPU cores ({platform.machine()})", "date": time.strftime("%Y-%m-%d")}
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "distributed.json").write_text(json.dumps(res, indent=2))
+           "epochs": args.epochs, "machine": machine(), "date": time.strftime("%Y-%m-%d")}
     lines = ["# Distributed training (torchrun, DDP)", "",
              f"Measured by `.venv/bin/python scripts/bench_distributed.py --data {args.data} --epochs {args.epochs}` on "
              f"{res['machine']}, {res['date']}. `--batch-size` is the global batch: each rank takes its share.", "",
@@ -58,8 +58,7 @@ def main() -> None:
              f"| 1 process | {one['samples_per_s']:.0f} | {one['wall_s']:.0f} s | {one['best_val_loss']:.2f} |",
              f"| torchrun, {args.nproc} processes (gloo) | {many['samples_per_s']:.0f} | {many['wall_s']:.0f} s | "
              f"{many['best_val_loss']:.2f} |", "", f"Validation loss gap: {gap:+.2%}."]
-    (args.out / "distributed.md").write_text("\n".join(lines) + "\n")
-    print(f"wrote {args.out / 'distributed.md'}")
+    write_results(args.out, "distributed", res, lines)
 
 
 if __name__ == "__main__":

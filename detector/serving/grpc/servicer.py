@@ -4,6 +4,7 @@ in one decorator, so the methods hold no try/except."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import time
@@ -36,55 +37,45 @@ def status_of(exc: BaseException) -> grpc.StatusCode:
     return grpc.StatusCode.INTERNAL
 
 
+@contextlib.asynccontextmanager
+async def _outcome(metrics, method: str, context):
+    """Record one RPC's latency and status code; turn an exception into context.abort with its code."""
+    started, exc = time.perf_counter(), None
+    try:
+        yield
+    except asyncio.CancelledError:  # the client went away: count it, nothing to answer
+        metrics.requests.labels(method, "CANCELLED").inc()
+        metrics.errors.labels(method, "CANCELLED").inc()
+        raise
+    except Exception as e:  # noqa: BLE001 - every failure becomes a status code
+        exc = e
+    code = grpc.StatusCode.OK if exc is None else status_of(exc)
+    metrics.requests.labels(method, code.name).inc()
+    metrics.request_latency.labels(method).observe(time.perf_counter() - started)
+    if exc is not None:
+        metrics.errors.labels(method, code.name).inc()
+        if not isinstance(exc, DetectorError):
+            log.error("%s failed", method, exc_info=exc)
+        message = str(exc) if isinstance(exc, DetectorError) else "internal error; see server log"
+        await context.abort(code, message)
+
+
 def _observed(method: str, streaming: bool = False):
-    """Record latency and outcome, and map domain errors to gRPC status codes."""
+    """Wrap a servicer method in _outcome, for unary and streaming responses alike."""
 
     def wrap(fn):
-        async def finish(self, context, started, exc):
-            code = grpc.StatusCode.OK if exc is None else status_of(exc)
-            if exc is not None and not isinstance(exc, (DetectorError, asyncio.CancelledError)):
-                log.exception("%s failed", method, exc_info=exc)
-            if isinstance(exc, asyncio.CancelledError):
-                code = grpc.StatusCode.CANCELLED
-            m = self.service.metrics
-            m.requests.labels(method, code.name).inc()
-            if code is not grpc.StatusCode.OK:
-                m.errors.labels(method, code.name).inc()
-            m.request_latency.labels(method).observe(time.perf_counter() - started)
-            if exc is not None and not isinstance(exc, asyncio.CancelledError):
-                message = str(exc) if isinstance(exc, DetectorError) else "internal error; see server log"
-                await context.abort(code, message)
-
         if streaming:
             @functools.wraps(fn)
             async def stream(self, request_iterator, context):
-                started, exc = time.perf_counter(), None
-                try:
+                async with _outcome(self.service.metrics, method, context):
                     async for item in fn(self, request_iterator, context):
                         yield item
-                except asyncio.CancelledError:
-                    exc = asyncio.CancelledError()
-                    raise
-                except Exception as e:  # noqa: BLE001
-                    exc = e
-                finally:
-                    if exc is None or not isinstance(exc, asyncio.CancelledError):
-                        await finish(self, context, started, exc)
             return stream
 
         @functools.wraps(fn)
         async def unary(self, request, context):
-            started, exc = time.perf_counter(), None
-            try:
+            async with _outcome(self.service.metrics, method, context):
                 return await fn(self, request, context)
-            except asyncio.CancelledError:
-                exc = asyncio.CancelledError()
-                raise
-            except Exception as e:  # noqa: BLE001
-                exc = e
-            finally:
-                if exc is None or not isinstance(exc, asyncio.CancelledError):
-                    await finish(self, context, started, exc)
         return unary
 
     return wrap
