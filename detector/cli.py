@@ -97,6 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-message-mb", type=_positive_int, default=64)
     p.add_argument("--no-batching", action="store_true", help="one request per forward pass (benchmarks)")
     p.add_argument("--grace-s", type=float, default=20.0, help="SIGTERM: time in-flight requests get to finish")
+    p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
+                   help="network precision on CUDA (autocast); the CPU always scores in fp32")
     _add_device(p)
 
     p = sub.add_parser("audit", help="score a whole dataset: per-sample table, weights, summary, HTML report")
@@ -157,7 +159,7 @@ def _serve(args: argparse.Namespace) -> int:
                       max_request_samples=args.max_request_samples, max_message_bytes=args.max_message_mb << 20,
                       batching=not args.no_batching, grace_s=args.grace_s)
     cfg.validate()
-    scorer = Scorer.from_path(args.model, device=args.device)
+    scorer = Scorer.from_path(args.model, device=args.device, precision=args.precision)
     try:
         asyncio.run(serve_forever(scorer, cfg))
     except OSError as exc:

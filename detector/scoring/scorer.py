@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 from detector.config import ModelConfig
 from detector.data.sampleset import SampleSet, to_model_space
 from detector.debias.density import LatentDensity
-from detector.errors import InvalidInput, ModelNotReady
+from detector.errors import ConfigError, InvalidInput, ModelNotReady
 from detector.model.bundle import Bundle, load_bundle
 from detector.model.device import resolve_device
 from detector.model.vae import VAE
@@ -27,6 +27,8 @@ from detector.scoring.novelty import NoveltyFusion
 from detector.scoring.scores import fixed_noise, raw_scores
 
 PRIMARY = "novelty"
+# Reduced precision runs the networks under autocast; likelihoods and scores stay float32.
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 # Scores that get a threshold and p-values; neg_elbo_bpd is neg_elbo rescaled, kl and
 # complexity are diagnostics.
 CALIBRATED = ("novelty", "neg_elbo", "iw_nll", "recon_error", "latent_distance", "complexity_corrected")
@@ -72,7 +74,8 @@ class ScoreResult:
 
 
 class Scorer:
-    def __init__(self, bundle: Bundle, device: str = "auto", iw_samples: int | None = None, chunk: int | None = None):
+    def __init__(self, bundle: Bundle, device: str = "auto", iw_samples: int | None = None, chunk: int | None = None,
+                 precision: str = "fp32"):
         self.bundle = bundle
         cfg = bundle.config
         self.model_cfg = ModelConfig(**{**cfg["model"], "input_shape": tuple(cfg["model"]["input_shape"]),
@@ -80,6 +83,11 @@ class Scorer:
         self.sample_shape = tuple(cfg["data"]["sample_shape"])
         self.kind = cfg["data"]["kind"]
         self.device = resolve_device(device)
+        if precision not in PRECISIONS:
+            raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got '{precision}'")
+        if precision != "fp32" and self.device.type != "cuda":
+            raise ConfigError(f"--precision {precision} needs a CUDA device; the CPU scores in full precision")
+        self.autocast_dtype = PRECISIONS[precision]
         self.model = VAE(self.model_cfg)
         self.model.load_state_dict(bundle.weights)
         self.model.to(self.device).eval()
@@ -133,7 +141,8 @@ class Scorer:
     def raw_scores(self, batch: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray]:
         """Raw scores and latent means for a batch of stored-format samples (uint8 or float)."""
         x = self._to_device(batch)
-        raw = raw_scores(self.model, x, self.eps, self.latent_mean, self.latent_precision, self.chunk)
+        with torch.autocast("cuda", dtype=self.autocast_dtype or torch.float32, enabled=self.autocast_dtype is not None):
+            raw = raw_scores(self.model, x, self.eps, self.latent_mean, self.latent_precision, self.chunk)
         mu = raw.pop("latent_mean_")
         scores = {k: v.cpu().numpy() for k, v in raw.items()}
         if self.kind == "image":

@@ -256,3 +256,10 @@ def test_health_is_not_serving_until_warm_and_while_draining(scorer):
         release.set()
         if s.running is not None:
             s.__exit__(None, None, None)
+
+
+def test_reduced_precision_is_refused_on_cpu(bundle_path):
+    from detector.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="needs a CUDA device"):
+        Scorer.from_path(bundle_path, device="cpu", precision="bf16")
