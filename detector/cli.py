@@ -97,6 +97,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-message-mb", type=_positive_int, default=64)
     p.add_argument("--no-batching", action="store_true", help="one request per forward pass (benchmarks)")
     p.add_argument("--grace-s", type=float, default=20.0, help="SIGTERM: time in-flight requests get to finish")
+    p.add_argument("--tls-cert", metavar="PEM", help="serve TLS with this certificate chain (needs --tls-key)")
+    p.add_argument("--tls-key", metavar="PEM")
+    p.add_argument("--tls-client-ca", metavar="PEM", help="require client certificates signed by this CA (mTLS)")
+    p.add_argument("--auth-token-file", metavar="FILE",
+                   help="require 'authorization: Bearer <token>' metadata; also $DETECTOR_AUTH_TOKEN")
     p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
                    help="network precision on CUDA (autocast); the CPU always scores in fp32")
     _add_device(p)
@@ -144,6 +149,16 @@ def _audit(args: argparse.Namespace) -> int:
     return 0
 
 
+def _auth_token(args: argparse.Namespace) -> str | None:
+    import os
+
+    if args.auth_token_file:
+        from detector.serving.grpc.security import read_secret
+
+        return read_secret(args.auth_token_file, "auth token file").decode().strip()
+    return os.environ.get("DETECTOR_AUTH_TOKEN") or None
+
+
 def _serve(args: argparse.Namespace) -> int:
     import asyncio
     import logging
@@ -157,7 +172,8 @@ def _serve(args: argparse.Namespace) -> int:
                       metrics_port=args.metrics_port, device=args.device, max_batch_samples=args.max_batch_samples,
                       max_delay_ms=args.max_delay_ms, max_queue_samples=args.max_queue_samples,
                       max_request_samples=args.max_request_samples, max_message_bytes=args.max_message_mb << 20,
-                      batching=not args.no_batching, grace_s=args.grace_s)
+                      batching=not args.no_batching, grace_s=args.grace_s, tls_cert=args.tls_cert,
+                      tls_key=args.tls_key, tls_client_ca=args.tls_client_ca, auth_token=_auth_token(args))
     cfg.validate()
     scorer = Scorer.from_path(args.model, device=args.device, precision=args.precision)
     try:

@@ -162,6 +162,10 @@ class ServeConfig:
     novelty_window_s: float = 60.0  # sliding window of detector_novelty_rate
     grace_s: float = 20.0  # SIGTERM: in-flight requests get this long to finish
     stream_max_in_flight: int = 32  # per ScoreStream: requests scored ahead of the one being answered
+    tls_cert: str | None = None  # PEM certificate chain: serve TLS instead of plaintext
+    tls_key: str | None = None
+    tls_client_ca: str | None = None  # PEM CA: require client certificates (mutual TLS)
+    auth_token: str | None = None  # require "authorization: Bearer <token>" metadata
 
     def validate(self) -> None:
         if self.max_batch_samples < 1 or self.max_request_samples < 1 or self.max_queue_samples < 1:
@@ -170,3 +174,7 @@ class ServeConfig:
             raise ConfigError("max_delay_ms must be >= 0")
         if not 0 <= self.port <= 65535 or not -1 <= self.metrics_port <= 65535:
             raise ConfigError("ports must lie in 0..65535")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ConfigError("TLS needs both a certificate and a key")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise ConfigError("mutual TLS (client CA) needs TLS: give a certificate and key too")

@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 
 from detector.config import ServeConfig
 from detector.scoring.scorer import Scorer
+from detector.serving.grpc.security import BearerTokenInterceptor, server_credentials
 from detector.serving.grpc.servicer import DetectorServicer
 from detector.serving.metrics import ServerMetrics
 from detector.serving.service import ScoringService
@@ -55,7 +56,11 @@ async def start_server(scorer: Scorer, cfg: ServeConfig, registry: CollectorRegi
     registry = registry if registry is not None else CollectorRegistry()
     metrics = ServerMetrics(registry, cfg.novelty_window_s)
     service = ScoringService(scorer, metrics, cfg)
-    server = grpc.aio.server(options=[
+    interceptors = []
+    if cfg.auth_token:
+        denied = lambda method: metrics.errors.labels(method, "UNAUTHENTICATED").inc()  # noqa: E731
+        interceptors.append(BearerTokenInterceptor(cfg.auth_token, denied))
+    server = grpc.aio.server(interceptors=interceptors, options=[
         ("grpc.max_receive_message_length", cfg.max_message_bytes),
         ("grpc.max_send_message_length", cfg.max_message_bytes),
         ("grpc.so_reuseport", 0),
@@ -64,7 +69,11 @@ async def start_server(scorer: Scorer, cfg: ServeConfig, registry: CollectorRegi
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
-    port = server.add_insecure_port(f"{cfg.host}:{cfg.port}")
+    address = f"{cfg.host}:{cfg.port}"
+    if cfg.tls_cert:
+        port = server.add_secure_port(address, server_credentials(cfg.tls_cert, cfg.tls_key, cfg.tls_client_ca))
+    else:
+        port = server.add_insecure_port(address)
     if port == 0:
         raise OSError(f"cannot listen on {cfg.host}:{cfg.port}")
     running = RunningServer(server, service, health_servicer, port, registry)
