@@ -5,7 +5,7 @@ Serrà et al. (2020) correct a likelihood for how simple an input is: S(x) = -lo
 blank frames) get both a high likelihood and a short code, so their difference no longer
 looks normal. They found JPEG 2000 among the best compressors for this; we measured PNG,
 zlib, WebP, bz2 and JPEG 2000 lossless on our far-OOD sets and JPEG 2000 was best on every
-set (docs/benchmarks/quality.md).
+set during development (README, "Scores").
 """
 
 from __future__ import annotations

@@ -7,8 +7,8 @@ catches both simpler and more complex inputs; reconstruction error adds the in-d
 signal (a garment of another class is reconstructed badly). Each component is
 standardised against held-out normal data with a robust, per-side scale, and the novelty
 score is the largest standardised deviation: a sample is as novel as its most surprising
-component. Measured alternatives (sums, more components, latent distances) are in
-docs/benchmarks/quality.md.
+component. Alternatives tried (sums, more components, latent distances) are described in
+the README's "Scores" section.
 """
 
 from __future__ import annotations
