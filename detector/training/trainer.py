@@ -160,6 +160,10 @@ def train_vae(
                 "stale": torch.tensor(stale), "epoch": torch.tensor(epoch), "best_epoch": torch.tensor(history.best_epoch),
                 "train_loss": torch.tensor(history.train_loss), "val_loss": torch.tensor(history.val_loss),
             }, meta)
+    if history.best_epoch < 0 and history.val_loss:
+        # Training ended inside the KL warm-up: no epoch qualified as best, so keep the last one.
+        history.best_epoch = len(history.val_loss) - 1
+        best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     model.load_state_dict(best_state)
     model.eval()
     history.samples_seen *= dist.world  # every rank saw as many samples as this one
