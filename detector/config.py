@@ -61,6 +61,8 @@ class DebiasConfig:
     alpha: float = 0.01  # weight = 1 / (density + alpha): alpha bounds the largest weight
     combine: str = "product"  # "product" (the paper, in log space) or "max" (the MIT lab's variant)
     rare_fraction: float = 0.05  # flag samples whose latent region is among the rarest 5% of training
+    max_draw_ratio: float = 10.0  # --debias: no sample drawn more than 10x the average; an uncapped product
+    # over 16 dimensions drew a handful of samples over and over and training diverged (bench_debias.py)
 
 
 @dataclass
@@ -120,8 +122,8 @@ def load_settings(path: str | Path | None) -> Settings:
 
 
 def validate_debias(cfg: DebiasConfig) -> None:
-    if cfg.bins < 2 or cfg.alpha <= 0 or not 0 < cfg.rare_fraction < 1:
-        raise ConfigError("debias: bins must be >= 2, alpha > 0, rare_fraction in (0, 1)")
+    if cfg.bins < 2 or cfg.alpha <= 0 or not 0 < cfg.rare_fraction < 1 or cfg.max_draw_ratio < 1:
+        raise ConfigError("debias: bins must be >= 2, alpha > 0, rare_fraction in (0, 1), max_draw_ratio >= 1")
     if cfg.combine not in ("product", "max"):
         raise ConfigError(f"debias.combine must be 'product' or 'max', got '{cfg.combine}'")
 

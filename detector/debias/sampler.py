@@ -22,10 +22,23 @@ def latent_means_of(model: VAE, data: torch.Tensor, device: torch.device, batch_
     return torch.cat(mus).numpy()
 
 
-def debias_weights_fn(data: torch.Tensor, device: torch.device, bins: int, alpha: float,
-                      combine: str) -> Callable[[VAE], torch.Tensor]:
+def debias_weights_fn(data: torch.Tensor, device: torch.device, bins: int, alpha: float, combine: str,
+                      max_draw_ratio: float) -> Callable[[VAE], torch.Tensor]:
     def weights(model: VAE) -> torch.Tensor:
         mus = latent_means_of(model, data, device)
-        return torch.from_numpy(LatentDensity.fit(mus, bins, alpha, combine).weights(mus).astype(np.float64))
+        w = LatentDensity.fit(mus, bins, alpha, combine).weights(mus).astype(np.float64)
+        return torch.from_numpy(cap_weights(w, max_draw_ratio))
 
     return weights
+
+
+def cap_weights(w: np.ndarray, max_ratio: float, rounds: int = 20) -> np.ndarray:
+    """Clip weights at ``max_ratio`` x their mean (repeatedly, as clipping lowers the mean); mean 1."""
+    w = w / w.mean()
+    for _ in range(rounds):
+        if w.max() <= max_ratio * (1 + 1e-9):
+            break
+        w = np.minimum(w, max_ratio)
+        w = w / w.mean()
+    return w
+

@@ -129,7 +129,7 @@ def train_bundle(samples: SampleSet, settings: Settings, out: Path, resume: bool
     weights_fn = None
     if tcfg.debias:
         d = settings.debias
-        weights_fn = debias_weights_fn(train_data, device, d.bins, d.alpha, d.combine)
+        weights_fn = debias_weights_fn(train_data, device, d.bins, d.alpha, d.combine, d.max_draw_ratio)
     model, history = train_vae(model_cfg, tcfg, train_data, val_data, device, checkpoint_dir(out), resume,
                                fingerprint(samples), progress, weights_fn, setup)
     if history.rank != 0:

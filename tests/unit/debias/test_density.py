@@ -32,3 +32,13 @@ def test_round_trip_through_arrays_and_out_of_range_inputs():
     far = np.full((1, 4), 1e6)
     assert np.isfinite(density.weights(far)).all()
     assert LatentDensity.from_arrays({}) is None
+
+
+def test_training_draw_weights_are_capped_at_the_ratio_with_mean_one():
+    from detector.debias.sampler import cap_weights
+
+    w = np.r_[np.ones(990), np.full(10, 1e6)]
+    capped = cap_weights(w, 10.0)
+    assert capped.mean() == pytest.approx(1.0)
+    assert capped.max() <= 10.0 * (1 + 1e-6)
+    assert capped[-1] > capped[0]  # still oversampled, just not without bound
