@@ -24,7 +24,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from benchlib import machine, write_results  # noqa: E402
+from benchlib import stamp, write_results  # noqa: E402
 
 from detector.audit.runner import run_audit  # noqa: E402
 from detector.data import load_spec  # noqa: E402
@@ -84,7 +84,7 @@ def main() -> None:
             print(f"{n} samples: peak RSS {rss:.0f} MB, {seconds:.0f} s", flush=True)
             data.unlink()
     res["rss_ratio"] = res["large"]["peak_rss_mb"] / res["small"]["peak_rss_mb"]
-    res["machine"] = machine()
+    stamp(res)
     print(f"peak RSS ratio {args.large} / {args.small}: {res['rss_ratio']:.2f}")
     lines = ["# Audit throughput and memory", "",
              f"Measured by `.venv/bin/python scripts/bench_audit.py --bundle BUNDLE --small {args.small} --large "

@@ -24,7 +24,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from benchlib import machine, write_results  # noqa: E402
+from benchlib import stamp, write_results  # noqa: E402
 
 from detector.data import load_spec  # noqa: E402
 from detector.data.builtin import FASHION_MNIST_CLASSES  # noqa: E402
@@ -75,7 +75,7 @@ def main() -> None:
             }
             print(f"{name}: {result['runs'][name]}", flush=True)
     a, b = result["runs"]["without --debias"], result["runs"]["with --debias"]
-    result["machine"] = machine()
+    stamp(result)
     lines = ["# Debiasing (DB-VAE)", "",
              f"Measured by `.venv/bin/python scripts/bench_debias.py --minority {args.minority} --share {args.share} "
              f"--epochs {args.epochs}` on {result['machine']}, {result['date']}. Training set: Fashion-MNIST train with "

@@ -21,7 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from benchlib import machine, write_results  # noqa: E402
+from benchlib import stamp, write_results  # noqa: E402
 
 
 def run(cmd: list[str], threads: int, out: Path) -> dict:
@@ -50,7 +50,8 @@ def main() -> None:
         print(f"torchrun {args.nproc} processes: {many}", flush=True)
     gap = (many["best_val_loss"] - one["best_val_loss"]) / one["best_val_loss"]
     res = {"one": one, "torchrun": many, "nproc": args.nproc, "val_loss_gap": gap, "data": args.data,
-           "epochs": args.epochs, "machine": machine(), "date": time.strftime("%Y-%m-%d")}
+           "epochs": args.epochs}
+    stamp(res)
     lines = ["# Distributed training (torchrun, DDP)", "",
              f"Measured by `.venv/bin/python scripts/bench_distributed.py --data {args.data} --epochs {args.epochs}` on "
              f"{res['machine']}, {res['date']}. `--batch-size` is the global batch: each rank takes its share.", "",

@@ -16,10 +16,15 @@ def machine() -> str:
     return f"{os.cpu_count()} CPU cores ({platform.machine()}), {device}"
 
 
+def stamp(result: dict) -> dict:
+    """Add the machine and the date to ``result`` (call before writing them into a report)."""
+    result["machine"] = machine()
+    result["date"] = time.strftime("%Y-%m-%d")
+    return result
+
+
 def write_results(out: Path, name: str, result: dict, lines: list[str]) -> None:
-    """``result`` as docs/benchmarks/NAME.json (with machine and date), ``lines`` as NAME.md."""
-    result.setdefault("machine", machine())
-    result.setdefault("date", time.strftime("%Y-%m-%d"))
+    """``result`` as docs/benchmarks/NAME.json, ``lines`` as NAME.md."""
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{name}.json").write_text(json.dumps(result, indent=2))
     (out / f"{name}.md").write_text("\n".join(lines) + "\n")
