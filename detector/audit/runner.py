@@ -64,6 +64,7 @@ def run_audit(bundle: Path, spec: str, out: Path, chunk_size: int = 8192, batch_
                 parts.append(scorer.score(raw))
                 bar.update(len(raw))
             chunks.write_chunk(out, i, start, ScoreResult.concat(parts), None if labels is None else labels[start:stop])
+            samples.release_pages()
     if dist is not None:
         dist.barrier()
     summary = merge(out, plan, scorer, samples, table_format) if rank == 0 else {}

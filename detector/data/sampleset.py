@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import mmap
 from dataclasses import dataclass, replace
 from typing import Iterator
 
@@ -79,6 +80,19 @@ class SampleSet:
         if self.channels_last:
             batch = np.ascontiguousarray(batch.transpose(0, 3, 1, 2))
         return batch
+
+    def release_pages(self) -> None:
+        """Drop the memory-mapped pages read so far from this process's resident set.
+
+        They are page cache the kernel could reclaim anyway, but they count as RSS; a streaming
+        pass over a file larger than memory calls this after each chunk to keep RSS flat.
+        """
+        mm, a = None, self.x
+        while a is not None and mm is None:  # views (reshapes) keep the mapping on a base array
+            mm = a if isinstance(a, mmap.mmap) else getattr(a, "_mmap", None)
+            a = getattr(a, "base", None)
+        if mm is not None and hasattr(mmap, "MADV_DONTNEED"):
+            mm.madvise(mmap.MADV_DONTNEED)
 
     def chunks(self, size: int) -> Iterator[tuple[int, np.ndarray]]:
         """(start, raw batch) over the whole selection, ``size`` rows at a time."""

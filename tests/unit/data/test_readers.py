@@ -141,3 +141,12 @@ def test_missing_fashion_mnist_says_how_to_install(monkeypatch, tmp_path):
     monkeypatch.setattr(builtin, "FASHION_MNIST_DIR", tmp_path)
     with pytest.raises(DataError, match="apt-get install -y dataset-fashion-mnist"):
         load_spec("fashion-mnist:train")
+
+
+def test_release_pages_keeps_memmapped_data_readable(tmp_path):
+    x = bars(64, size=8)
+    np.save(tmp_path / "a.npy", x)
+    s = load_spec(str(tmp_path / "a.npy"))
+    first = s.read(0, 64)
+    s.release_pages()
+    np.testing.assert_array_equal(s.read(0, 64), first)
