@@ -43,9 +43,7 @@ def run_audit(bundle: Path, spec: str, out: Path, chunk_size: int = 8192, batch_
     rank, world, dist = _distributed()
     scorer = Scorer.from_path(bundle, device=device)
     samples = load_spec(spec)
-    if samples.sample_shape != scorer.sample_shape:
-        raise InvalidInput(f"{spec}: samples of shape {list(samples.sample_shape)} do not fit a model trained on "
-                           f"{list(scorer.sample_shape)}")
+    scorer.check_compatible(samples)
     plan = chunks.AuditPlan(scorer.model_version, samples.name, fingerprint(samples), len(samples), chunk_size)
     if rank == 0:
         chunks.prepare(out, plan)

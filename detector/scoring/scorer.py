@@ -177,10 +177,10 @@ class Scorer:
                 bar.update(len(raw))
 
     def score_samples(self, samples: SampleSet, batch_size: int = 1024, progress: bool = True) -> ScoreResult:
-        self._check_compatible(samples)
+        self.check_compatible(samples)
         return ScoreResult.concat([r for _, r in self.iter_results(samples, batch_size, progress)])
 
-    def _check_compatible(self, samples: SampleSet) -> None:
+    def check_compatible(self, samples: SampleSet) -> None:
         if samples.sample_shape != self.sample_shape:
             raise InvalidInput(f"{samples.name}: samples of shape {list(samples.sample_shape)} do not fit a model "
                                f"trained on {list(self.sample_shape)}")

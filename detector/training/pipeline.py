@@ -130,8 +130,9 @@ def train_bundle(samples: SampleSet, settings: Settings, out: Path, resume: bool
     if tcfg.debias:
         d = settings.debias
         weights_fn = debias_weights_fn(train_data, device, d.bins, d.alpha, d.combine, d.max_draw_ratio)
+    data_fingerprint = fingerprint(samples)
     model, history = train_vae(model_cfg, tcfg, train_data, val_data, device, checkpoint_dir(out), resume,
-                               fingerprint(samples), progress, weights_fn, setup)
+                               data_fingerprint, progress, weights_fn, setup)
     if history.rank != 0:
         return None
     device = next(model.parameters()).device
@@ -143,7 +144,7 @@ def train_bundle(samples: SampleSet, settings: Settings, out: Path, resume: bool
         "model": dataclasses.asdict(model_cfg),
         "score": {"iw_samples": score_cfg.iw_samples, "iw_chunk": score_cfg.iw_chunk, "noise_seed": NOISE_SEED},
         "data": {"kind": samples.kind, "name": samples.name, "sample_shape": list(samples.sample_shape),
-                 "storage_dtype": "uint8" if samples.is_uint8 else "float32", "fingerprint": fingerprint(samples),
+                 "storage_dtype": "uint8" if samples.is_uint8 else "float32", "fingerprint": data_fingerprint,
                  "n_train": len(splits.train), "n_val": len(splits.val), "n_cal": len(splits.cal)},
         "debias": dataclasses.asdict(settings.debias),
         "train": {**dataclasses.asdict(tcfg), "best_epoch": history.best_epoch, "val_loss": history.val_loss,
