@@ -27,6 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 
 import far_ood  # noqa: E402
+from benchlib import stamp  # noqa: E402
 
 from detector.config import Settings  # noqa: E402
 from detector.data import load_spec  # noqa: E402
@@ -117,10 +118,8 @@ def main() -> None:
     parser.add_argument("--bundle", type=Path, help="reuse a Fashion-MNIST bundle instead of training one")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks")
     args = parser.parse_args()
-    import platform
-    import os
 
-    result = {"machine": f"{os.cpu_count()} CPU cores ({platform.machine()}), no GPU", "date": time.strftime("%Y-%m-%d")}
+    result = stamp({})
     with tempfile.TemporaryDirectory() as tmp:
         if not args.skip_far:
             result["far_ood"] = far(Path(tmp), args.bundle)

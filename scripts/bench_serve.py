@@ -21,7 +21,6 @@ import asyncio
 import json
 import multiprocessing as mp
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -31,6 +30,9 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "scripts"))
+
+from benchlib import stamp  # noqa: E402
 
 
 # ---------------------------------------------------------------- server side
@@ -67,6 +69,8 @@ class NoopScorer:
 
     def score(self, batch):
         return self._result.slice(0, len(batch))
+
+    score_checked = score
 
 
 # ---------------------------------------------------------------- client side
@@ -242,11 +246,7 @@ def main() -> None:
     res["p99_bound_ms"] = bound_ms
     for k, v in checks.items():
         print(f"{k}: {v:.3f}")
-    import torch
-
-    device = "CUDA " + torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU only"
-    res["machine"] = f"{os.cpu_count()} CPU cores ({platform.machine()}), {device}"
-    res["date"] = time.strftime("%Y-%m-%d")
+    stamp(res)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "serving.json").write_text(json.dumps(res, indent=2))
     rows = [("(b) transport ceiling, no-op scorer, 64 x 1", res["b_transport"]),

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -28,6 +26,9 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "scripts"))
+
+from benchlib import stamp  # noqa: E402
 
 from detector.config import ModelConfig, TrainConfig  # noqa: E402
 from detector.data import load_spec  # noqa: E402
@@ -120,8 +121,7 @@ def main() -> None:
             shutil.copytree(bundle, args.keep)
     for k, v in score_rates.items():
         print(f"scoring {k}: {v:.0f} samples/s")
-    device = "CUDA " + torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
-    result = {"machine": f"{os.cpu_count()} CPU cores ({platform.machine()}), {device}", "date": time.strftime("%Y-%m-%d"),
+    result = {**stamp({}),
               "epochs": args.epochs, "n_train": n_train, "train_samples_per_s": {"detector train": ours_rate,
               "textbook DataLoader loop": book_rate, "ratio": ours_rate / book_rate},
               "scoring_samples_per_s_batch": args.batch_size, "scoring_samples_per_s": score_rates}

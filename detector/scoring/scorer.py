@@ -151,12 +151,17 @@ class Scorer:
         return scores, mu.cpu().numpy()
 
     def score(self, batch: np.ndarray) -> ScoreResult:
-        """Every score, verdict and p-value for a checked batch."""
-        if self.fusion is None or not self.calibration:
-            raise ModelNotReady("bundle is not calibrated: run 'detector calibrate'")
+        """Every score, verdict and p-value for a batch, checked first."""
         self.check_batch(batch)
         if batch.shape[0] == 0:
             raise InvalidInput("empty batch")
+        return self.score_checked(batch)
+
+    def score_checked(self, batch: np.ndarray) -> ScoreResult:
+        """``score`` for a non-empty batch that already passed ``check_batch`` (the server checks each
+        request before batching, so the batch is not checked twice on the hot path)."""
+        if self.fusion is None or not self.calibration:
+            raise ModelNotReady("bundle is not calibrated: run 'detector calibrate'")
         scores, mu = self.raw_scores(batch)
         scores[PRIMARY] = self.fusion.apply(scores)
         result = ScoreResult(scores=scores, latent_mean=mu)

@@ -21,7 +21,7 @@ class ScoringService:
         self.metrics = metrics
         self.cfg = cfg
         self.ready = False
-        self.batcher = DynamicBatcher(scorer.score, ScoreResult.split, cfg.max_batch_samples, cfg.max_delay_ms / 1000,
+        self.batcher = DynamicBatcher(scorer.score_checked, ScoreResult.split, cfg.max_batch_samples, cfg.max_delay_ms / 1000,
                                       cfg.max_queue_samples, observer=metrics, enabled=cfg.batching)
         metrics.bind_live(self.live)
 
