@@ -84,7 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=_positive_int, default=1024)
     _add_device(p)
 
-    p = sub.add_parser("serve", help="gRPC scoring server with dynamic batching and Prometheus metrics")
+    p = sub.add_parser("serve", help="gRPC scoring server with dynamic batching and Prometheus metrics; "
+                                     "SIGHUP reloads the bundle from --model")
     p.add_argument("--model", required=True, type=Path, metavar="BUNDLE")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=50051, help="gRPC port; 0 picks a free one (default 50051)")
@@ -93,6 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-batch-samples", type=_positive_int, default=256)
     p.add_argument("--max-delay-ms", type=float, default=2.0)
     p.add_argument("--max-queue-samples", type=_positive_int, default=4096)
+    p.add_argument("--max-queue-wait-ms", type=float, default=1000.0,
+                   help="refuse new requests (RESOURCE_EXHAUSTED) while the queue holds more than this much "
+                        "scoring time; 0 turns it off (default 1000)")
     p.add_argument("--max-request-samples", type=_positive_int, default=4096)
     p.add_argument("--max-message-mb", type=_positive_int, default=64)
     p.add_argument("--no-batching", action="store_true", help="one request per forward pass (benchmarks)")
@@ -171,13 +175,14 @@ def _serve(args: argparse.Namespace) -> int:
     cfg = ServeConfig(host=args.host, port=args.port, metrics_host=args.metrics_host or args.host,
                       metrics_port=args.metrics_port, device=args.device, max_batch_samples=args.max_batch_samples,
                       max_delay_ms=args.max_delay_ms, max_queue_samples=args.max_queue_samples,
+                      max_queue_wait_ms=args.max_queue_wait_ms,
                       max_request_samples=args.max_request_samples, max_message_bytes=args.max_message_mb << 20,
                       batching=not args.no_batching, grace_s=args.grace_s, tls_cert=args.tls_cert,
                       tls_key=args.tls_key, tls_client_ca=args.tls_client_ca, auth_token=_auth_token(args))
     cfg.validate()
     scorer = Scorer.from_path(args.model, device=args.device, precision=args.precision)
     try:
-        asyncio.run(serve_forever(scorer, cfg))
+        asyncio.run(serve_forever(scorer, cfg, args.model))
     except OSError as exc:
         raise DetectorError(f"cannot serve: {exc}") from None
     return 0

@@ -158,6 +158,7 @@ class ServeConfig:
     max_batch_samples: int = 256  # samples per forward pass; ~1 batch fills 2 CPU cores for a few ms
     max_delay_ms: float = 2.0  # longest a request waits for others to share its batch
     max_queue_samples: int = 4096  # beyond this, RESOURCE_EXHAUSTED at once instead of growing latency
+    max_queue_wait_ms: float = 1000.0  # also refuse when the queue holds more than this much scoring; 0: off
     max_request_samples: int = 4096  # largest single request
     max_message_bytes: int = 64 * 1024 * 1024  # gRPC receive/send limit
     batching: bool = True  # off: one request per forward pass (benchmark baseline)
@@ -172,8 +173,8 @@ class ServeConfig:
     def validate(self) -> None:
         if self.max_batch_samples < 1 or self.max_request_samples < 1 or self.max_queue_samples < 1:
             raise ConfigError("batch, request and queue limits must be >= 1")
-        if self.max_delay_ms < 0:
-            raise ConfigError("max_delay_ms must be >= 0")
+        if self.max_delay_ms < 0 or self.max_queue_wait_ms < 0:
+            raise ConfigError("max_delay_ms and max_queue_wait_ms must be >= 0")
         if not 0 <= self.port <= 65535 or not -1 <= self.metrics_port <= 65535:
             raise ConfigError("ports must lie in 0..65535")
         if (self.tls_cert is None) != (self.tls_key is None):

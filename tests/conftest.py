@@ -38,3 +38,14 @@ def bundle_path(tmp_path_factory, data_dir) -> Path:
     out = tmp_path_factory.mktemp("bundles") / "tiny"
     train_bundle(load_spec(str(data_dir / "normal.npz")), tiny_settings(), out, progress=False)
     return out
+
+
+@pytest.fixture(scope="session")
+def other_bundle(tmp_path_factory, data_dir) -> Path:
+    """Same data and input shape as ``bundle_path``, another seed: another model version (hot reload)."""
+    from detector.data import load_spec
+    from detector.training.pipeline import train_bundle
+
+    out = tmp_path_factory.mktemp("bundles") / "tiny-seed7"
+    train_bundle(load_spec(str(data_dir / "normal.npz")), tiny_settings(epochs=2, seed=7), out, progress=False)
+    return out

@@ -87,6 +87,7 @@ class Scorer:
             raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got '{precision}'")
         if precision != "fp32" and self.device.type != "cuda":
             raise ConfigError(f"--precision {precision} needs a CUDA device; the CPU scores in full precision")
+        self.precision = precision
         self.autocast_dtype = PRECISIONS[precision]
         self.model = VAE(self.model_cfg)
         self.model.load_state_dict(bundle.weights)

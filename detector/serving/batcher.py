@@ -5,6 +5,11 @@ until ``max_batch_samples`` or until ``max_delay`` has passed since that oldest 
 arrived, scores the batch in a worker thread (the event loop keeps accepting), and hands
 each request its slice of the result. A request whose deadline has passed is answered
 before compute; a failed batch fails every request in it, and the loop goes on.
+
+Each request carries the model it was admitted under and a batch never mixes models, so a
+model swapped in mid-traffic (hot reload) only scores requests that arrive after the swap.
+Admission is bounded twice: by queued samples, and by the wait the queue implies at the
+measured scoring speed, so overload is answered at once instead of with growing latency.
 """
 
 from __future__ import annotations
@@ -29,20 +34,44 @@ class BatchObserver(Protocol):
 @dataclass
 class _Pending:
     samples: np.ndarray
+    model: object  # passed back to score_batch; batches never mix models
     deadline: float | None  # time.monotonic() seconds
     future: asyncio.Future
     enqueued: float = field(default_factory=time.monotonic)
 
 
+class ScoringSpeed:
+    """Smoothed seconds per sample and per batch, from the batches scored so far."""
+
+    def __init__(self, smoothing: float = 0.2):
+        self.smoothing = smoothing
+        self.per_sample: float | None = None
+        self.per_batch: float | None = None
+
+    def update(self, n_samples: int, seconds: float) -> None:
+        a = self.smoothing
+        for name, value in (("per_sample", seconds / n_samples), ("per_batch", seconds)):
+            old = getattr(self, name)
+            setattr(self, name, value if old is None else (1 - a) * old + a * value)
+
+    def expected_wait(self, queued_samples: int, busy: bool) -> float:
+        """Seconds until ``queued_samples`` more samples would be scored; 0 before any measurement."""
+        if self.per_sample is None:
+            return 0.0
+        return queued_samples * self.per_sample + (self.per_batch if busy else 0.0)
+
+
 class DynamicBatcher:
-    def __init__(self, score_batch: Callable[[np.ndarray], object], split: Callable[[object, list[int]], list],
+    def __init__(self, score_batch: Callable[[object, np.ndarray], object], split: Callable[[object, list[int]], list],
                  max_batch_samples: int = 256, max_delay_s: float = 0.002, max_queue_samples: int = 8192,
-                 observer: BatchObserver | None = None, enabled: bool = True):
+                 observer: BatchObserver | None = None, enabled: bool = True, max_queue_wait_s: float | None = None):
         self._score_batch = score_batch
         self._split = split
         self.max_batch_samples = max_batch_samples
         self.max_delay_s = max_delay_s
         self.max_queue_samples = max_queue_samples
+        self.max_queue_wait_s = max_queue_wait_s  # None: bounded by max_queue_samples only
+        self.speed = ScoringSpeed()
         self.enabled = enabled  # False: one request per forward pass (for benchmarks)
         self._observer = observer
         self._queue: collections.deque[_Pending] = collections.deque()
@@ -63,14 +92,22 @@ class DynamicBatcher:
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="dynamic-batcher")
 
-    async def submit(self, samples: np.ndarray, deadline: float | None = None):
-        """Score ``samples`` (N, ...) in some batch; returns this request's part of the result."""
+    def _admit(self, n: int) -> None:
         if self._closed:
             raise Overloaded("server is shutting down")
-        n = len(samples)
         if self._queued_samples + n > self.max_queue_samples:
             raise Overloaded(f"scoring queue full ({self._queued_samples} samples waiting); retry later")
-        item = _Pending(samples, deadline, asyncio.get_running_loop().create_future())
+        if self.max_queue_wait_s is not None and self._queued_samples:
+            wait = self.speed.expected_wait(self._queued_samples + n, busy=self._in_flight > 0)
+            if wait > self.max_queue_wait_s:
+                raise Overloaded(f"server saturated: {self._queued_samples} samples queued, about {wait * 1000:.0f} ms "
+                                 f"of scoring (limit {self.max_queue_wait_s * 1000:.0f} ms); retry later")
+
+    async def submit(self, samples: np.ndarray, deadline: float | None = None, model: object = None):
+        """Score ``samples`` (N, ...) with ``model`` in some batch; returns this request's part of the result."""
+        self._admit(len(samples))
+        n = len(samples)
+        item = _Pending(samples, model, deadline, asyncio.get_running_loop().create_future())
         self._queue.append(item)
         self._queued_samples += n
         self._idle.clear()
@@ -85,7 +122,7 @@ class DynamicBatcher:
         batch, size = [], 0
         while self._queue:
             n = len(self._queue[0].samples)
-            if batch and (size + n > self.max_batch_samples or not self.enabled):
+            if batch and (size + n > self.max_batch_samples or not self.enabled or self._queue[0].model is not batch[0].model):
                 break
             item = self._queue.popleft()
             self._queued_samples -= n
@@ -139,15 +176,17 @@ class DynamicBatcher:
             samples = batch[0].samples if len(batch) == 1 else np.concatenate([item.samples for item in batch])
             self._in_flight += 1
             try:
-                result = await loop.run_in_executor(self._executor, self._score_batch, samples)
+                result = await loop.run_in_executor(self._executor, self._score_batch, batch[0].model, samples)
                 parts = self._split(result, sizes)
             except Exception as exc:  # noqa: BLE001 - every request of the failed batch gets the error
                 for item in batch:
                     if not item.future.done():
                         item.future.set_exception(exc)
             else:
+                elapsed = time.monotonic() - started
+                self.speed.update(len(samples), elapsed)
                 if self._observer is not None:
-                    self._observer.batch_scored(len(samples), time.monotonic() - started)
+                    self._observer.batch_scored(len(samples), elapsed)
                 for item, part in zip(batch, parts):
                     if not item.future.done():
                         item.future.set_result(part)

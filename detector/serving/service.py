@@ -1,17 +1,23 @@
-"""Scoring service: validate -> dynamic batch -> Scorer -> metrics. Knows nothing of gRPC."""
+"""Scoring service: validate -> dynamic batch -> Scorer -> metrics, and hot reload of the model.
+Knows nothing of gRPC."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
+from pathlib import Path
 
 import numpy as np
+import torch
 
 from detector.config import ServeConfig
-from detector.errors import InvalidInput, ModelNotReady
+from detector.errors import BundleError, InvalidInput, ModelNotReady, Overloaded
 from detector.scoring.scorer import ScoreResult, Scorer
 from detector.serving.batcher import DynamicBatcher
 from detector.serving.metrics import ServerMetrics
+
+log = logging.getLogger("detector.serve")
 
 
 class ScoringService:
@@ -21,17 +27,51 @@ class ScoringService:
         self.metrics = metrics
         self.cfg = cfg
         self.ready = False
-        self.batcher = DynamicBatcher(scorer.score_checked, ScoreResult.split, cfg.max_batch_samples, cfg.max_delay_ms / 1000,
-                                      cfg.max_queue_samples, observer=metrics, enabled=cfg.batching)
+        wait = cfg.max_queue_wait_ms / 1000 if cfg.max_queue_wait_ms else None
+        self.batcher = DynamicBatcher(score_batch, ScoreResult.split, cfg.max_batch_samples, cfg.max_delay_ms / 1000,
+                                      cfg.max_queue_samples, observer=metrics, enabled=cfg.batching,
+                                      max_queue_wait_s=wait)
+        self._reload_lock = asyncio.Lock()
         metrics.bind_live(self.live)
 
     async def start(self) -> None:
         """Start batching and warm up with one full batch, so the first request pays no start-up cost."""
         self.batcher.start()
-        warm = np.zeros((min(self.cfg.max_batch_samples, 64), *self.scorer.sample_shape),
-                        dtype=np.uint8 if self.scorer.input_dtype == "uint8" else np.float32)
-        await asyncio.get_running_loop().run_in_executor(None, self.scorer.score, warm)
+        await asyncio.get_running_loop().run_in_executor(None, smoke_test, self.scorer,
+                                                         min(self.cfg.max_batch_samples, 64))
         self.ready = True
+
+    async def reload(self, path: str | Path) -> str:
+        """Load the bundle at ``path``, check it, and serve it from the next batch on.
+
+        Requests already admitted finish on the model they were admitted under. A bundle that
+        fails its manifest, does not fit the served input shape, or fails a smoke forward pass is
+        refused with BundleError, counted, and the old model keeps serving.
+        """
+        async with self._reload_lock:
+            old = self.scorer
+            try:
+                new = await asyncio.get_running_loop().run_in_executor(None, self._load_compatible, Path(path))
+            except Exception as exc:  # noqa: BLE001 - any failure refuses the bundle, never the server
+                self.metrics.reloads.labels("refused").inc()
+                reason = str(exc) if isinstance(exc, (BundleError, InvalidInput, ModelNotReady)) else repr(exc)
+                log.error("reload refused, still serving %s: %s", old.model_version, reason)
+                raise BundleError(f"reload refused, still serving {old.model_version}: {reason}") from None
+            self.scorer = new
+            self.metrics.reloads.labels("loaded").inc()
+            log.info("reloaded: now serving %s (was %s)", new.model_version, old.model_version)
+            return new.model_version
+
+    def _load_compatible(self, path: Path) -> Scorer:
+        old = self.scorer
+        new = Scorer.from_path(path, device=str(old.device), precision=old.precision)
+        for what, a, b in (("data kind", old.kind, new.kind), ("sample shape", old.sample_shape, new.sample_shape),
+                           ("input dtype", old.input_dtype, new.input_dtype)):
+            if a != b:
+                raise BundleError(f"{path}: {what} {b} differs from the served {a}; clients would break "
+                                  f"(restart the server to change it)")
+        smoke_test(new, min(self.cfg.max_batch_samples, 64))
+        return new
 
     def live(self) -> dict:
         return {
@@ -61,14 +101,37 @@ class ScoringService:
         if not self.ready:
             raise ModelNotReady("model is loading; retry shortly")
         self.check(samples, n_ids)
-        version = self.scorer.model_version
-        result: ScoreResult = await self.batcher.submit(samples, deadline)
-        self.metrics.record_results(version, result.novel, result.scores, result.resample)
-        return version, result
+        scorer = self.scorer  # the model this request is admitted under, even if a reload follows
+        result: ScoreResult = await self.batcher.submit(samples, deadline, model=scorer)
+        self.metrics.record_results(scorer.model_version, result.novel, result.scores, result.resample)
+        return scorer.model_version, result
 
     async def drain(self) -> None:
         self.ready = False
         await self.batcher.drain()
+
+
+def score_batch(scorer: Scorer, samples: np.ndarray) -> ScoreResult:
+    """One forward pass; out of device memory, retry in halves (scores do not depend on the batch)."""
+    try:
+        return scorer.score_checked(samples)
+    except torch.OutOfMemoryError:
+        if scorer.device.type == "cuda":
+            torch.cuda.empty_cache()
+        if len(samples) == 1:
+            raise Overloaded("device out of memory scoring one sample; retry later") from None
+        half = len(samples) // 2
+        log.warning("out of device memory on a batch of %d samples; scoring it in halves", len(samples))
+        return ScoreResult.concat([score_batch(scorer, samples[:half]), score_batch(scorer, samples[half:])])
+
+
+def smoke_test(scorer: Scorer, n: int) -> None:
+    """A forward pass on blank samples (warm-up, and the check a reloaded bundle must pass)."""
+    blank = np.zeros((n, *scorer.sample_shape), dtype=np.uint8 if scorer.input_dtype == "uint8" else np.float32)
+    result = scorer.score(blank)
+    bad = [name for name, values in result.scores.items() if not np.isfinite(values).all()]
+    if bad:
+        raise BundleError(f"model gives non-finite {', '.join(sorted(bad))} on blank samples")
 
 
 def deadline_from_remaining(remaining: float | None) -> float | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import os
 import re
 import signal
 import subprocess
@@ -87,3 +88,40 @@ def test_serve_with_bad_bundle_exits_2(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "detector", "serve", "--model", str(tmp_path)], capture_output=True,
                           text=True, timeout=60)
     assert proc.returncode == 2 and "manifest.json" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_sighup_reloads_the_bundle_behind_the_model_path(bundle_path, other_bundle, tmp_path):
+    link = tmp_path / "current"
+    link.symlink_to(bundle_path)
+    proc, target = start_serve(link)
+    try:
+        with DetectorClient(target, timeout=10) as client:
+            first = client.model_info().model_version
+
+            def swap_and_hup(to):
+                tmp = tmp_path / "next"
+                tmp.symlink_to(to)
+                os.replace(tmp, link)  # atomic: the server never sees a half-written path
+                proc.send_signal(signal.SIGHUP)
+
+            def version_after(seconds):
+                deadline = time.monotonic() + seconds
+                while time.monotonic() < deadline:
+                    version = client.model_info().model_version
+                    if version != first:
+                        return version
+                    time.sleep(0.2)
+                return first
+
+            swap_and_hup(other_bundle)
+            second = version_after(30)
+            assert second != first
+            assert client.score(bars(3, size=16, seed=1)).model_version == second
+            swap_and_hup(tmp_path / "empty")  # not a bundle: refused, the second model keeps serving
+            time.sleep(2)
+            assert client.model_info().model_version == second
+            assert client.score(bars(3, size=16, seed=1)).model_version == second
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=30)
+    assert "reload refused" in err and "no model bundle here" in err

@@ -171,9 +171,9 @@ def test_metrics_after_known_traffic_equal_the_traffic(scorer):
 
 
 def slow(scorer, seconds):
-    def score(batch):
+    def score(model, batch):
         time.sleep(seconds)
-        return scorer.score(batch)
+        return model.score(batch)
     return score
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from google.protobuf.message import DecodeError
 
 from detector.errors import InvalidInput
 from detector.scoring.scorer import ScoreResult
@@ -13,6 +14,32 @@ from detector.v1 import detector_pb2 as pb
 _DTYPES = {pb.UINT8: np.dtype("<u1"), pb.FLOAT32: np.dtype("<f4"), pb.FLOAT16: np.dtype("<f2")}
 _ENUM_OF = {np.dtype("uint8"): pb.UINT8, np.dtype("float32"): pb.FLOAT32, np.dtype("float16"): pb.FLOAT16}
 MAX_DIMS = 8
+
+
+class Unparsable:
+    """Stands in for a request whose bytes do not parse (bad wire format, non-UTF-8 strings), so the
+    servicer answers INVALID_ARGUMENT and counts it instead of gRPC answering UNKNOWN."""
+
+    def __init__(self, reason: str):
+        self.reason = reason
+
+
+def lenient_parser(message_type):
+    """A request deserializer that returns Unparsable instead of raising."""
+    def parse(data: bytes):
+        try:
+            return message_type.FromString(data)
+        except DecodeError as exc:
+            detail = str(exc).rsplit(": ", 1)[-1]  # protobuf repeats the type name before the reason
+            return Unparsable(f"request does not parse as {message_type.DESCRIPTOR.full_name}: {detail}")
+    return parse
+
+
+def parsed(request):
+    """The request itself, or InvalidInput if its bytes did not parse."""
+    if isinstance(request, Unparsable):
+        raise InvalidInput(request.reason)
+    return request
 
 
 def tensor_to_array(tensor: pb.Tensor) -> np.ndarray:

@@ -1,5 +1,5 @@
 """The grpc.aio server: Detector service, standard health service, reflection, metrics endpoint,
-graceful drain on SIGTERM/SIGINT."""
+graceful drain on SIGTERM/SIGINT, hot reload of the bundle on SIGHUP."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import asyncio
 import logging
 import signal
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -14,12 +15,13 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry, start_http_server
 
 from detector.config import ServeConfig
+from detector.errors import BundleError
 from detector.scoring.scorer import Scorer
 from detector.serving.grpc.security import BearerTokenInterceptor, server_credentials
-from detector.serving.grpc.servicer import DetectorServicer
+from detector.serving.grpc.servicer import DetectorServicer, add_detector_service
 from detector.serving.metrics import ServerMetrics
 from detector.serving.service import ScoringService
-from detector.v1 import detector_pb2, detector_pb2_grpc
+from detector.v1 import detector_pb2
 
 log = logging.getLogger("detector.serve")
 SERVICE_NAME = detector_pb2.DESCRIPTOR.services_by_name["Detector"].full_name  # "detector.v1.Detector"
@@ -65,7 +67,7 @@ async def start_server(scorer: Scorer, cfg: ServeConfig, registry: CollectorRegi
         ("grpc.max_send_message_length", cfg.max_message_bytes),
         ("grpc.so_reuseport", 0),
     ])
-    detector_pb2_grpc.add_DetectorServicer_to_server(DetectorServicer(service), server)
+    add_detector_service(DetectorServicer(service), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
@@ -87,7 +89,16 @@ async def start_server(scorer: Scorer, cfg: ServeConfig, registry: CollectorRegi
     return running
 
 
-async def serve_forever(scorer: Scorer, cfg: ServeConfig) -> None:
+async def _reload_quietly(service: ScoringService, path: Path) -> None:
+    try:
+        await service.reload(path)
+    except BundleError:
+        pass  # logged and counted by the service; the old model keeps serving
+
+
+async def serve_forever(scorer: Scorer, cfg: ServeConfig, model_path: Path | None = None) -> None:
+    """Serve until SIGTERM/SIGINT; SIGHUP reloads the bundle at ``model_path`` (swap a symlink or the
+    directory's contents first)."""
     running = await start_server(scorer, cfg)
     metrics = f", metrics on http://{cfg.metrics_host}:{running.metrics_port}/metrics" if running.metrics_port else ""
     print(f"serving {scorer.model_version} on {cfg.host}:{running.port} ({scorer.device}){metrics}", flush=True)
@@ -95,6 +106,13 @@ async def serve_forever(scorer: Scorer, cfg: ServeConfig) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    reloads: set[asyncio.Task] = set()  # strong references until each finishes
+    if model_path is not None:
+        def reload() -> None:
+            task = loop.create_task(_reload_quietly(running.service, model_path))
+            reloads.add(task)
+            task.add_done_callback(reloads.discard)
+        loop.add_signal_handler(signal.SIGHUP, reload)
     await stop.wait()
     print(f"draining: in-flight requests get up to {cfg.grace_s:g} s", flush=True)
     await running.stop(cfg.grace_s)

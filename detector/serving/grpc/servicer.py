@@ -13,7 +13,7 @@ import grpc
 
 from detector.errors import (BundleError, DeadlineExpired, DetectorError, InvalidInput, ModelNotReady, Overloaded,
                              Unauthenticated)
-from detector.serving.grpc.converters import result_to_response, tensor_to_array
+from detector.serving.grpc.converters import lenient_parser, parsed, result_to_response, tensor_to_array
 from detector.serving.service import ScoringService, deadline_from_remaining
 from detector.v1 import detector_pb2 as pb
 from detector.v1 import detector_pb2_grpc as pb_grpc
@@ -86,6 +86,7 @@ class DetectorServicer(pb_grpc.DetectorServicer):
         self.service = service
 
     async def _score_one(self, request: pb.ScoreRequest, context) -> pb.ScoreResponse:
+        request = parsed(request)
         samples = tensor_to_array(request.samples)
         version, result = await self.service.score(samples, len(request.sample_ids),
                                                    deadline_from_remaining(context.time_remaining()))
@@ -122,6 +123,7 @@ class DetectorServicer(pb_grpc.DetectorServicer):
 
     @_observed("GetModelInfo")
     async def GetModelInfo(self, request, context):
+        parsed(request)
         scorer, cfg = self.service.scorer, self.service.cfg
         cal = scorer.calibration
         return pb.ModelInfo(
@@ -131,3 +133,22 @@ class DetectorServicer(pb_grpc.DetectorServicer):
             thresholds={k: c.threshold for k, c in cal.items()}, device=str(scorer.device),
             max_batch_samples=cfg.max_batch_samples, max_request_samples=cfg.max_request_samples,
             data_kind=scorer.kind)
+
+
+def add_detector_service(servicer: DetectorServicer, server) -> None:
+    """Register like the generated ``add_DetectorServicer_to_server``, but with request parsers that let
+    unparsable bytes reach the servicer (INVALID_ARGUMENT, counted) instead of failing inside gRPC."""
+    handlers = {
+        "Score": grpc.unary_unary_rpc_method_handler(
+            servicer.Score, request_deserializer=lenient_parser(pb.ScoreRequest),
+            response_serializer=pb.ScoreResponse.SerializeToString),
+        "ScoreStream": grpc.stream_stream_rpc_method_handler(
+            servicer.ScoreStream, request_deserializer=lenient_parser(pb.ScoreRequest),
+            response_serializer=pb.ScoreResponse.SerializeToString),
+        "GetModelInfo": grpc.unary_unary_rpc_method_handler(
+            servicer.GetModelInfo, request_deserializer=lenient_parser(pb.ModelInfoRequest),
+            response_serializer=pb.ModelInfo.SerializeToString),
+    }
+    name = pb.DESCRIPTOR.services_by_name["Detector"].full_name
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(name, handlers),))
+    server.add_registered_method_handlers(name, handlers)

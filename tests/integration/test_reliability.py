@@ -1,0 +1,232 @@
+"""Faults and hot reload on a real server on loopback: a failing forward pass, device out of memory,
+cancelled clients, unparsable bytes, saturation, and swapping the model under traffic."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+
+import grpc
+import numpy as np
+import pytest
+import torch
+
+from detector.data import load_spec
+from detector.data.synthetic import bars
+from detector.errors import BundleError
+from detector.scoring.scorer import Scorer
+from detector.serving.service import score_batch
+from detector.training.pipeline import train_bundle
+from detector.v1 import detector_pb2 as pb
+from detector.v1 import detector_pb2_grpc as pb_grpc
+from tests.conftest import tiny_settings
+from tests.integration.serving_helpers import ServerThread
+
+
+@pytest.fixture(scope="module")
+def scorer(bundle_path):
+    return Scorer.from_path(bundle_path, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def other_shape_bundle(tmp_path_factory):
+    d = tmp_path_factory.mktemp("shape12")
+    np.savez(d / "x.npz", x=bars(400, size=12, seed=4)[:, 0])
+    train_bundle(load_spec(str(d / "x.npz")), tiny_settings(epochs=1), d / "bundle", progress=False)
+    return d / "bundle"
+
+
+def stub(target):
+    return pb_grpc.DetectorStub(grpc.insecure_channel(target))
+
+
+def request(n, seed=0, request_id="r"):
+    x = bars(n, size=16, seed=seed)
+    return pb.ScoreRequest(request_id=request_id, samples=pb.Tensor(shape=list(x.shape), dtype=pb.UINT8,
+                                                                  data=x.tobytes()))
+
+
+def code_of(fn):
+    try:
+        fn()
+        return grpc.StatusCode.OK
+    except grpc.RpcError as e:
+        return e.code()
+
+
+def test_forward_pass_that_raises_fails_only_its_batch(scorer):
+    calls = []
+
+    def flaky(model, batch):
+        calls.append(len(batch))
+        if len(calls) == 1:
+            raise RuntimeError("simulated kernel failure")
+        return model.score(batch)
+
+    with ServerThread(scorer, max_delay_ms=0) as s:
+        s.running.service.batcher._score_batch = flaky
+        with pytest.raises(grpc.RpcError) as err:
+            stub(s.target).Score(request(2), timeout=10)
+        assert err.value.code() == grpc.StatusCode.INTERNAL
+        assert "simulated" not in err.value.details()  # internals stay in the server log
+        assert len(stub(s.target).Score(request(3), timeout=10).results) == 3
+        assert s.metric("detector_errors_total", method="Score", code="INTERNAL") == 1
+
+
+def test_out_of_memory_batches_are_scored_in_halves(scorer, monkeypatch):
+    limit = 4
+    original = Scorer.score_checked
+
+    def small_device(self, batch):
+        if len(batch) > limit:
+            raise torch.OutOfMemoryError("simulated: CUDA out of memory")
+        return original(self, batch)
+
+    monkeypatch.setattr(Scorer, "score_checked", small_device)
+    x = bars(11, size=16, seed=5)
+    split = score_batch(scorer, x)
+    monkeypatch.setattr(Scorer, "score_checked", original)
+    np.testing.assert_allclose(split.scores["novelty"], scorer.score(x).scores["novelty"], rtol=1e-5, atol=1e-5)
+
+    with ServerThread(scorer, max_delay_ms=0) as s:
+        monkeypatch.setattr(Scorer, "score_checked", small_device)
+        limit = 0  # not even one sample fits: the request is refused as retryable, the server goes on
+        assert code_of(lambda: stub(s.target).Score(request(3), timeout=10)) == grpc.StatusCode.RESOURCE_EXHAUSTED
+        limit = 4
+        assert len(stub(s.target).Score(request(9), timeout=10).results) == 9
+
+
+def test_client_cancelling_mid_batch_leaves_the_server_serving(scorer):
+    def slow(model, batch):
+        time.sleep(0.5)
+        return model.score(batch)
+
+    with ServerThread(scorer, max_delay_ms=0) as s:
+        s.running.service.batcher._score_batch = slow
+        future = stub(s.target).Score.future(request(2), timeout=10)
+        time.sleep(0.2)  # in the forward pass now
+        assert future.cancel()
+        time.sleep(0.6)
+        assert len(stub(s.target).Score(request(2), timeout=10).results) == 2
+        assert s.metric("detector_requests_total", method="Score", code="CANCELLED") == 1
+        assert s.metric("detector_requests_total", method="Score", code="OK") == 1
+
+
+@pytest.mark.parametrize("raw", [b"\x0a\x02\xff\xfe", b"\x12\x05\x0a\x03", b"\xff\xff\xff"],
+                         ids=["non-utf8-request-id", "truncated", "garbage"])
+def test_unparsable_bytes_get_invalid_argument_and_are_counted(server_for_module, raw):
+    s = server_for_module
+    call = grpc.insecure_channel(s.target).unary_unary("/detector.v1.Detector/Score")
+    before = s.metric("detector_errors_total", method="Score", code="INVALID_ARGUMENT")
+    with pytest.raises(grpc.RpcError) as err:
+        call(raw, timeout=5)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "does not parse as detector.v1.ScoreRequest" in err.value.details()
+    assert s.metric("detector_errors_total", method="Score", code="INVALID_ARGUMENT") == before + 1
+
+
+@pytest.fixture(scope="module")
+def server_for_module(scorer):
+    with ServerThread(scorer) as s:
+        yield s
+
+
+def test_saturated_queue_refuses_by_expected_wait(scorer):
+    def slow(model, batch):
+        time.sleep(0.2)
+        return model.score(batch)
+
+    # Room for 1000 samples, but 0.3 s of waiting: a few requests in, the rest refused at once.
+    with ServerThread(scorer, max_batch_samples=4, max_delay_ms=0, max_queue_samples=1000,
+                      max_queue_wait_ms=300) as s:
+        s.running.service.batcher._score_batch = slow
+        stub(s.target).Score(request(4), timeout=10)  # teaches the batcher its speed
+        codes, details, lock = [], [], threading.Lock()
+
+        def one():
+            try:
+                stub(s.target).Score(request(4), timeout=20)
+                code = grpc.StatusCode.OK
+            except grpc.RpcError as e:
+                code = e.code()
+                details.append(e.details())
+            with lock:
+                codes.append(code)
+
+        threads = [threading.Thread(target=one) for _ in range(12)]
+        started = time.monotonic()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert codes.count(grpc.StatusCode.OK) >= 2
+        assert codes.count(grpc.StatusCode.RESOURCE_EXHAUSTED) >= 4
+        assert set(codes) <= {grpc.StatusCode.OK, grpc.StatusCode.RESOURCE_EXHAUSTED}
+        assert any("saturated" in d for d in details)
+        # 12 requests x 0.2 s unbounded would take 2.4 s; admitted ones fit the wait budget.
+        assert time.monotonic() - started < 2.0
+
+
+def test_reload_swaps_model_and_results_follow(scorer, other_bundle):
+    new = Scorer.from_path(other_bundle, device="cpu")
+    assert new.model_version != scorer.model_version
+    with ServerThread(scorer) as s:
+        assert stub(s.target).Score(request(2), timeout=10).model_version == scorer.model_version
+        assert s.call(s.running.service.reload(other_bundle)) == new.model_version
+        reply = stub(s.target).Score(request(5, seed=9), timeout=10)
+        assert reply.model_version == new.model_version
+        np.testing.assert_allclose([r.novelty_score for r in reply.results],
+                                   new.score(bars(5, size=16, seed=9)).scores["novelty"], rtol=1e-4, atol=1e-4)
+        info = stub(s.target).GetModelInfo(pb.ModelInfoRequest(), timeout=10)
+        assert info.model_version == new.model_version
+        assert s.metric("detector_model_reloads_total", outcome="loaded") == 1
+        assert s.metric("detector_samples_scored_total", model_version=new.model_version) == 5
+        assert s.metric("detector_model_info", model_version=new.model_version, device="cpu",
+                        input_shape="1x16x16") == 1
+
+
+def test_requests_in_flight_finish_on_the_model_they_started_with(scorer, other_bundle):
+    entered = threading.Event()
+
+    def slow(model, batch):
+        entered.set()
+        time.sleep(0.8)
+        return model.score(batch)
+
+    with ServerThread(scorer, max_delay_ms=0) as s:
+        s.running.service.batcher._score_batch = slow
+        in_flight = stub(s.target).Score.future(request(2), timeout=20)
+        assert entered.wait(10)
+        queued = stub(s.target).Score.future(request(2), timeout=20)  # admitted before the swap
+        time.sleep(0.1)
+        s.call(s.running.service.reload(other_bundle))
+        after = stub(s.target).Score.future(request(2), timeout=20)
+        assert in_flight.result().model_version == scorer.model_version
+        assert queued.result().model_version == scorer.model_version
+        assert after.result().model_version != scorer.model_version
+
+
+def broken_copies(bundle, tmp_path):
+    truncated = tmp_path / "truncated"
+    shutil.copytree(bundle, truncated)
+    weights = truncated / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    missing = tmp_path / "missing"
+    shutil.copytree(bundle, missing)
+    (missing / "manifest.json").unlink()
+    return {"truncated weights": (truncated, "model.safetensors"), "no manifest": (missing, "manifest.json"),
+            "not a directory": (tmp_path / "nowhere", "no model bundle")}
+
+
+def test_bad_bundles_are_refused_and_the_old_model_keeps_serving(scorer, bundle_path, other_shape_bundle, tmp_path):
+    cases = broken_copies(bundle_path, tmp_path)
+    cases["other input shape"] = (other_shape_bundle, "sample shape")
+    with ServerThread(scorer) as s:
+        for name, (path, message) in cases.items():
+            with pytest.raises(BundleError, match=message):
+                s.call(s.running.service.reload(path))
+            reply = stub(s.target).Score(request(2), timeout=10)
+            assert reply.model_version == scorer.model_version, name
+        assert s.metric("detector_model_reloads_total", outcome="refused") == len(cases)
+        assert s.metric("detector_model_reloads_total", outcome="loaded") == 0
