@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import multiprocessing as mp
 import os
 import subprocess
 import sys
@@ -33,6 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 
 from benchlib import stamp  # noqa: E402
+from loadgen import bench_samples, load  # noqa: E402
 
 
 # ---------------------------------------------------------------- server side
@@ -73,81 +73,6 @@ class NoopScorer:
     score_checked = score
 
 
-# ---------------------------------------------------------------- client side
-async def _client_loop(target, samples, seconds, batch, concurrency, rate, seed, out):
-    import grpc
-
-    from detector.serving.grpc.converters import array_to_tensor
-    from detector.v1 import detector_pb2 as pb
-    from detector.v1 import detector_pb2_grpc as pb_grpc
-
-    channel = grpc.aio.insecure_channel(target)
-    stub = pb_grpc.DetectorStub(channel)
-    rng = np.random.default_rng(seed)
-    end = time.monotonic() + seconds
-    latencies, bad, errors = [], 0, 0
-
-    async def one(i):
-        nonlocal bad, errors
-        idx = rng.integers(0, len(samples), batch)
-        rid = f"{seed}-{i}"
-        ids = [f"{rid}-{j}" for j in range(batch)]
-        req = pb.ScoreRequest(request_id=rid, samples=array_to_tensor(samples[idx]), sample_ids=ids)
-        t0 = time.perf_counter()
-        try:
-            resp = await stub.Score(req, timeout=30)
-        except grpc.aio.AioRpcError:
-            errors += 1
-            return
-        latencies.append(time.perf_counter() - t0)
-        if resp.request_id != rid or [r.sample_id for r in resp.results] != ids:
-            bad += 1
-
-    if rate is None:  # closed loop: `concurrency` requests always in flight
-        async def worker(w):
-            i = 0
-            while time.monotonic() < end:
-                await one(f"{w}-{i}")
-                i += 1
-        await asyncio.gather(*(worker(w) for w in range(concurrency)))
-    else:  # open loop: Poisson arrivals at `rate` per second from this process
-        tasks, i = [], 0
-        next_t = time.monotonic()
-        while next_t < end:
-            await asyncio.sleep(max(0.0, next_t - time.monotonic()))
-            tasks.append(asyncio.ensure_future(one(i)))
-            i += 1
-            next_t += rng.exponential(1.0 / rate)
-        await asyncio.gather(*tasks)
-    await channel.close()
-    out.put({"latencies": latencies, "bad": bad, "errors": errors})
-
-
-def _client_proc(target, samples, seconds, batch, concurrency, rate, seed, out):
-    asyncio.run(_client_loop(target, samples, seconds, batch, concurrency, rate, seed, out))
-
-
-def load(target, samples, seconds, batch, clients, procs=4, rate=None) -> dict:
-    ctx = mp.get_context("spawn")
-    out = ctx.Queue()
-    per = [clients // procs + (1 if i < clients % procs else 0) for i in range(procs)]
-    ps = [ctx.Process(target=_client_proc, args=(target, samples, seconds, batch, c, None if rate is None else rate / procs,
-                                                 i, out)) for i, c in enumerate(per) if c or rate is not None]
-    t0 = time.perf_counter()
-    for p in ps:
-        p.start()
-    parts = [out.get(timeout=seconds + 120) for _ in ps]
-    for p in ps:
-        p.join()
-    wall = time.perf_counter() - t0 - 1.5  # minus process start-up, measured below as ~1.5 s
-    lat = np.concatenate([np.asarray(p["latencies"]) for p in parts]) if parts else np.zeros(0)
-    n = len(lat)
-    return {"requests": int(n), "samples_per_s": n * batch / seconds, "p50_ms": float(np.percentile(lat, 50) * 1e3),
-            "p95_ms": float(np.percentile(lat, 95) * 1e3), "p99_ms": float(np.percentile(lat, 99) * 1e3),
-            "bad": int(sum(p["bad"] for p in parts)), "errors": int(sum(p["errors"] for p in parts)),
-            "wall_s": wall}
-
-
 class Server:
     def __init__(self, bundle, noop=False, batching=True, max_batch=256, max_delay_ms=2.0):
         self.port_file = tempfile.mktemp()
@@ -167,18 +92,6 @@ class Server:
     def __exit__(self, *exc):
         self.proc.terminate()
         self.proc.wait(30)
-
-
-def bench_samples(bundle, n: int = 2048) -> np.ndarray:
-    """Fashion-MNIST test images for a 28x28 grayscale model, synthetic images of the right shape otherwise."""
-    from detector.data import load_spec
-    from detector.data.synthetic import bars
-    from detector.model.bundle import load_bundle
-
-    shape = tuple(load_bundle(bundle).config["data"]["sample_shape"])
-    if shape == (1, 28, 28):
-        return load_spec("fashion-mnist:test").read(0, n)
-    return bars(n, size=shape[1], channels=shape[0])
 
 
 def ceiling(bundle, batch) -> tuple[float, float]:

@@ -41,24 +41,35 @@ class _Pending:
 
 
 class ScoringSpeed:
-    """Smoothed seconds per sample and per batch, from the batches scored so far."""
+    """Batch scoring time as fixed + per-sample cost, fitted online (exponentially weighted least squares
+    over the batches scored so far), to predict how long queued samples will wait."""
 
-    def __init__(self, smoothing: float = 0.2):
+    def __init__(self, max_batch_samples: int, smoothing: float = 0.05):
+        self.max_batch_samples = max_batch_samples
         self.smoothing = smoothing
-        self.per_sample: float | None = None
-        self.per_batch: float | None = None
+        self._moments: np.ndarray | None = None  # weighted means of n, t, n*n, n*t
 
     def update(self, n_samples: int, seconds: float) -> None:
-        a = self.smoothing
-        for name, value in (("per_sample", seconds / n_samples), ("per_batch", seconds)):
-            old = getattr(self, name)
-            setattr(self, name, value if old is None else (1 - a) * old + a * value)
+        m = np.array([n_samples, seconds, n_samples * n_samples, n_samples * seconds], dtype=np.float64)
+        self._moments = m if self._moments is None else (1 - self.smoothing) * self._moments + self.smoothing * m
 
-    def expected_wait(self, queued_samples: int, busy: bool) -> float:
-        """Seconds until ``queued_samples`` more samples would be scored; 0 before any measurement."""
-        if self.per_sample is None:
-            return 0.0
-        return queued_samples * self.per_sample + (self.per_batch if busy else 0.0)
+    def cost(self) -> tuple[float, float]:
+        """(seconds per batch, seconds per sample); (0, 0) before any batch was scored."""
+        if self._moments is None:
+            return 0.0, 0.0
+        n, t, nn, nt = self._moments
+        var = nn - n * n
+        # No variety in batch sizes yet: charge everything per sample (cautious for larger queues).
+        per_sample = (nt - n * t) / var if var > 1e-6 * max(nn, 1.0) else t / n
+        per_sample = min(max(per_sample, 0.0), t / n)
+        return max(t - per_sample * n, 0.0), per_sample
+
+    def expected_wait(self, queued_samples: int, busy_samples: int = 0, busy_for: float = 0.0) -> float:
+        """Seconds until ``queued_samples`` are scored, behind a batch of ``busy_samples`` running ``busy_for``."""
+        per_batch, per_sample = self.cost()
+        batches = -(-queued_samples // self.max_batch_samples)
+        current = max(per_batch + per_sample * busy_samples - busy_for, 0.0) if busy_samples else 0.0
+        return current + batches * per_batch + queued_samples * per_sample
 
 
 class DynamicBatcher:
@@ -71,7 +82,8 @@ class DynamicBatcher:
         self.max_delay_s = max_delay_s
         self.max_queue_samples = max_queue_samples
         self.max_queue_wait_s = max_queue_wait_s  # None: bounded by max_queue_samples only
-        self.speed = ScoringSpeed()
+        self.speed = ScoringSpeed(max_batch_samples)
+        self._busy: tuple[int, float] = (0, 0.0)  # samples in the forward pass now, and when it started
         self.enabled = enabled  # False: one request per forward pass (for benchmarks)
         self._observer = observer
         self._queue: collections.deque[_Pending] = collections.deque()
@@ -98,7 +110,8 @@ class DynamicBatcher:
         if self._queued_samples + n > self.max_queue_samples:
             raise Overloaded(f"scoring queue full ({self._queued_samples} samples waiting); retry later")
         if self.max_queue_wait_s is not None and self._queued_samples:
-            wait = self.speed.expected_wait(self._queued_samples + n, busy=self._in_flight > 0)
+            busy_samples, busy_since = self._busy
+            wait = self.speed.expected_wait(self._queued_samples + n, busy_samples, time.monotonic() - busy_since)
             if wait > self.max_queue_wait_s:
                 raise Overloaded(f"server saturated: {self._queued_samples} samples queued, about {wait * 1000:.0f} ms "
                                  f"of scoring (limit {self.max_queue_wait_s * 1000:.0f} ms); retry later")
@@ -175,6 +188,7 @@ class DynamicBatcher:
             sizes = [len(item.samples) for item in batch]
             samples = batch[0].samples if len(batch) == 1 else np.concatenate([item.samples for item in batch])
             self._in_flight += 1
+            self._busy = (len(samples), started)
             try:
                 result = await loop.run_in_executor(self._executor, self._score_batch, batch[0].model, samples)
                 parts = self._split(result, sizes)
@@ -192,6 +206,7 @@ class DynamicBatcher:
                         item.future.set_result(part)
             finally:
                 self._in_flight -= 1
+                self._busy = (0, 0.0)
 
     async def drain(self) -> None:
         """Stop accepting; return when every accepted request has been answered."""

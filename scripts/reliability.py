@@ -1,0 +1,520 @@
+#!/usr/bin/env python
+"""Reliability checks against a real `detector serve` process on loopback. Each prints one summary line
+and writes docs/reliability/CHECK.json.
+
+    .venv/bin/python scripts/reliability.py fuzz --bundle B [--n 10000]
+    .venv/bin/python scripts/reliability.py overload --bundle B [--seconds 60]
+    .venv/bin/python scripts/reliability.py reload --bundle B --bundle2 B2 [--seconds 30]
+    .venv/bin/python scripts/reliability.py sigterm --bundle B
+    .venv/bin/python scripts/reliability.py auth --bundle B
+    .venv/bin/python scripts/reliability.py all --bundle B --bundle2 B2
+
+fuzz: hypothesis-generated malformed requests (wrong dtype, shape and byte count, NaN/Inf, out of
+range, huge and negative dims, empty, too many samples, id count, non-UTF-8 strings, truncated and
+garbage bytes, oversized messages, truncated and cancelled streams) mixed with valid requests whose
+answers are checked against the in-process Scorer. overload: open-loop load at 4x the sustainable
+rate. reload: SIGHUP every few seconds under load, with a corrupted bundle once. sigterm: SIGTERM
+under load. auth: bearer token and TLS. Every load is bounded in time, targets loopback only and
+stops by itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "scripts"))
+
+from benchlib import stamp  # noqa: E402
+from loadgen import bench_samples, load  # noqa: E402
+
+
+class ServeProcess:
+    """`detector serve` on a free loopback port, its stderr in a file; stopped with SIGTERM."""
+
+    def __init__(self, model: Path, *extra: str):
+        self.log = tempfile.NamedTemporaryFile("w+", suffix=".log", delete=False)
+        self.proc = subprocess.Popen([sys.executable, "-m", "detector", "serve", "--model", str(model), "--port", "0",
+                                      "--metrics-port", "0", "--device", "cpu", *extra],
+                                     stdout=subprocess.PIPE, stderr=self.log, text=True)
+        line = self.proc.stdout.readline()
+        match = re.search(r"on 127\.0\.0\.1:(\d+).*http://127\.0\.0\.1:(\d+)/metrics", line)
+        if not match:
+            raise RuntimeError(f"server did not start: {line!r} {Path(self.log.name).read_text()[-2000:]}")
+        self.target = f"127.0.0.1:{match.group(1)}"
+        self.metrics_url = f"http://127.0.0.1:{match.group(2)}/metrics"
+
+    def metrics(self) -> dict[tuple, float]:
+        from prometheus_client.parser import text_string_to_metric_families
+
+        text = urllib.request.urlopen(self.metrics_url, timeout=10).read().decode()
+        return {(s.name, tuple(sorted(s.labels.items()))): s.value
+                for fam in text_string_to_metric_families(text) for s in fam.samples}
+
+    def metric_sum(self, name: str, **labels) -> float:
+        return sum(v for (n, lab), v in self.metrics().items()
+                   if n == name and all(dict(lab).get(k) == w for k, w in labels.items()))
+
+    def rss_mb(self) -> float:
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        return float("nan")
+
+    def serving(self) -> bool:
+        import grpc
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        with grpc.insecure_channel(self.target) as channel:
+            try:
+                reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+            except grpc.RpcError:
+                return False
+        return reply.status == health_pb2.HealthCheckResponse.SERVING
+
+    def stop(self) -> tuple[int, str, str]:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        out, _ = self.proc.communicate(timeout=60)
+        self.log.flush()
+        return self.proc.returncode, out, Path(self.log.name).read_text()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+# ---------------------------------------------------------------- fuzz
+def fuzz(args) -> dict:
+    import grpc
+    from hypothesis import HealthCheck, Phase, given, settings
+    from hypothesis import strategies as st
+
+    from detector.scoring.scorer import Scorer
+    from detector.v1 import detector_pb2 as pb
+
+    scorer = Scorer.from_path(args.bundle, device="cpu")
+    shape, image = list(scorer.sample_shape), scorer.kind == "image"
+    per = int(np.prod(shape))
+    dtype = pb.UINT8 if scorer.input_dtype == "uint8" else pb.FLOAT32
+    pool = bench_samples(args.bundle, 256)
+    expected = scorer.score(pool).scores["novelty"]
+    max_request, max_mb = 64, 1
+    INVALID, TOO_BIG = "INVALID_ARGUMENT", "RESOURCE_EXHAUSTED"
+
+    def request(tensor_shape, data, dtype_=dtype, ids=(), rid="fuzz") -> bytes:
+        return pb.ScoreRequest(request_id=rid, samples=pb.Tensor(shape=tensor_shape, dtype=dtype_, data=data),
+                               sample_ids=list(ids)).SerializeToString()
+
+    def uint8s(n):
+        return bytes(n * per)
+
+    def floats(n, value=0.5):
+        return np.full(n * per, value, "<f4").tobytes()
+
+    def field(number, payload: bytes) -> bytes:  # a length-delimited field, written by hand
+        tag, length = bytes([(number << 3) | 2]), payload.__len__()
+        varint = bytearray()
+        while True:
+            byte, length = length & 0x7F, length >> 7
+            varint.append(byte | (0x80 if length else 0))
+            if not length:
+                break
+        return tag + bytes(varint) + payload
+
+    n_ = st.integers(1, 4)
+    dims = st.lists(st.integers(1, 40), min_size=1, max_size=3)
+    bad_utf8 = st.binary(min_size=1, max_size=20).filter(lambda b: not _is_utf8(b))
+    cases = st.one_of(
+        st.tuples(st.just("dtype"), st.builds(
+            lambda d, n: request([n, *shape], bytes(n * per * 4), dtype_=d),
+            st.integers(-2**31, 2**31 - 1).filter(lambda d: d not in (1, 2, 3)), n_), st.just(INVALID)),
+        st.tuples(st.just("shape"), st.builds(
+            lambda n, d: request([n, *d], bytes(n * int(np.prod(d))), dtype_=pb.UINT8), n_,
+            dims.filter(lambda d: d != shape)), st.just(INVALID)),
+        st.tuples(st.just("byte count"), st.builds(
+            lambda n, delta: request([n, *shape], bytes(max(0, n * per + delta)), dtype_=pb.UINT8), n_,
+            st.integers(-per, per).filter(lambda d: d != 0)), st.just(INVALID)),
+        st.tuples(st.just("nan/inf"), st.builds(
+            lambda n, pos, v: request([n, *shape], _with(floats(n), pos % (n * per), v), dtype_=pb.FLOAT32), n_,
+            st.integers(0, 10**9), st.sampled_from([np.nan, np.inf, -np.inf])), st.just(INVALID)),
+        st.tuples(st.just("huge dim"), st.builds(
+            lambda n, d, at: request([n, *shape[:at], d, *shape[at + 1:]], bytes(8)), n_,
+            st.integers(2**31, 2**63 - 1), st.integers(0, len(shape) - 1)), st.just(INVALID)),
+        st.tuples(st.just("negative dim"), st.builds(
+            lambda d, at: request([*([1] + shape)[:at], d, *([1] + shape)[at + 1:]], bytes(per)),
+            st.integers(-2**63, -1), st.integers(0, len(shape))), st.just(INVALID)),
+        st.tuples(st.just("empty"), st.sampled_from([
+            request([], b""), request([0, *shape], b""), pb.ScoreRequest(request_id="x").SerializeToString(), b""]),
+            st.just(INVALID)),
+        st.tuples(st.just("too many samples"), st.builds(
+            lambda extra: request([max_request + extra, *shape], uint8s(max_request + extra), dtype_=pb.UINT8),
+            st.integers(1, 16)), st.just(INVALID)),
+        st.tuples(st.just("id count"), st.tuples(n_, st.integers(1, 9)).filter(lambda t: t[0] != t[1]).map(
+            lambda t: request([t[0], *shape], uint8s(t[0]), dtype_=pb.UINT8, ids=[str(i) for i in range(t[1])])),
+            st.just(INVALID)),
+        st.tuples(st.just("non-UTF-8 string"), st.builds(
+            lambda n, number, b: request([n, *shape], uint8s(n), dtype_=pb.UINT8) + field(number, b), n_,
+            st.sampled_from([1, 3]), bad_utf8), st.just(INVALID)),
+        st.tuples(st.just("truncated bytes"), st.builds(
+            lambda n, frac: (lambda r: r[:int(len(r) * frac)])(request([n, *shape], uint8s(n), dtype_=pb.UINT8)),
+            n_, st.floats(0, 0.999)), st.just(INVALID)),
+        st.tuples(st.just("garbage bytes"), st.binary(min_size=1, max_size=200), st.just(INVALID)),
+        st.tuples(st.just("oversized message"), st.builds(
+            lambda extra: request([1, (max_mb << 20) + extra], bytes((max_mb << 20) + extra), dtype_=pb.UINT8),
+            st.integers(1, 1 << 20)), st.just(TOO_BIG)),
+    )
+    if image:
+        cases = st.one_of(cases, st.tuples(st.just("out of range"), st.builds(
+            lambda n, v: request([n, *shape], floats(n, v), dtype_=pb.FLOAT32), n_,
+            st.one_of(st.floats(-1e30, -1e-3), st.floats(1.001, 1e30))), st.just(INVALID)))
+
+    stats = {"malformed": 0, "valid": 0, "by_kind": {}, "wrong_code": [], "wrong_answer": 0, "valid_failed": 0}
+    with ServeProcess(args.bundle, "--max-request-samples", str(max_request), "--max-message-mb", str(max_mb)) as srv:
+        channel = grpc.insecure_channel(srv.target, options=[("grpc.max_send_message_length", 8 << 20)])
+        raw_score = channel.unary_unary("/detector.v1.Detector/Score")
+        typed_score = channel.unary_unary("/detector.v1.Detector/Score",
+                                          request_serializer=pb.ScoreRequest.SerializeToString,
+                                          response_deserializer=pb.ScoreResponse.FromString)
+        rng = np.random.default_rng(0)
+
+        def send_valid():
+            idx = rng.integers(0, len(pool), int(rng.integers(1, 5)))
+            x = pool[idx]
+            req = pb.ScoreRequest(request_id=f"v{stats['valid']}", samples=pb.Tensor(
+                shape=list(x.shape), dtype=dtype, data=np.ascontiguousarray(x).tobytes()),
+                sample_ids=[str(i) for i in idx])
+            stats["valid"] += 1
+            try:
+                reply = typed_score(req, timeout=30)
+            except grpc.RpcError as e:
+                stats["valid_failed"] += 1
+                print(f"valid request failed: {e.code().name} {e.details()}", file=sys.stderr)
+                return
+            got = np.array([r.novelty_score for r in reply.results])
+            if (reply.request_id != req.request_id or [r.sample_id for r in reply.results] != list(req.sample_ids)
+                    or not np.allclose(got, expected[idx], rtol=1e-4, atol=1e-4)):
+                stats["wrong_answer"] += 1
+
+        @settings(max_examples=args.n, deadline=None, database=None, phases=[Phase.generate],
+                  suppress_health_check=list(HealthCheck))
+        @given(cases)
+        def one(case):
+            kind, raw, want = case
+            try:
+                raw_score(raw, timeout=30)
+                got, details = "OK", ""
+            except grpc.RpcError as e:
+                got, details = e.code().name, e.details() or ""
+            stats["malformed"] += 1
+            stats["by_kind"][kind] = stats["by_kind"].get(kind, 0) + 1
+            if got != want:
+                stats["wrong_code"].append((kind, want, got, details[:200]))
+            if stats["malformed"] % 5 == 0:
+                send_valid()
+
+        started = time.monotonic()
+        one()
+        stats["streams"] = fuzz_streams(srv, pool, dtype, args.streams)
+        stats["seconds"] = time.monotonic() - started
+        stats["server_alive"] = srv.proc.poll() is None
+        stats["serving_after"] = srv.serving()
+        stats["invalid_argument_counted"] = srv.metric_sum("detector_errors_total", code="INVALID_ARGUMENT")
+        stats["rss_mb_after"] = srv.rss_mb()
+        code, _, log = srv.stop()
+    stats["exit_code"] = code
+    stats["tracebacks_in_log"] = log.count("Traceback")
+    stats["crashes"] = int(not stats["server_alive"]) + int(code != 0)
+    wrong = len(stats["wrong_code"]) + stats["streams"]["wrong"]
+    stats["summary"] = (f"fuzz: {stats['malformed']} malformed requests + {stats['streams']['streams']} truncated/"
+                        f"cancelled streams mixed with {stats['valid']} valid: {stats['crashes']} crashes, {wrong} wrong "
+                        f"codes, {stats['wrong_answer'] + stats['valid_failed']} valid requests answered wrongly or "
+                        f"not at all, server SERVING after: {stats['serving_after']} ({stats['seconds']:.0f} s)")
+    stats["wrong_code"] = stats["wrong_code"][:20]
+    return stats
+
+
+def _is_utf8(b: bytes) -> bool:
+    try:
+        b.decode("utf-8")
+        return True
+    except UnicodeDecodeError:
+        return False
+
+
+def _with(data: bytes, position: int, value: float) -> bytes:
+    a = np.frombuffer(data, "<f4").copy()
+    a[position] = value
+    return a.tobytes()
+
+
+def fuzz_streams(srv: ServeProcess, pool: np.ndarray, dtype, n: int) -> dict:
+    """Streams that end early: cut off by the client after some answers, or broken by a malformed request."""
+    import grpc
+
+    from detector.v1 import detector_pb2 as pb
+    from detector.v1 import detector_pb2_grpc as pb_grpc
+
+    stub = pb_grpc.DetectorStub(grpc.insecure_channel(srv.target))
+    rng = np.random.default_rng(1)
+    wrong = 0
+
+    def req(i, bad=False):
+        x = pool[i % len(pool)][None]
+        shape = [1, *x.shape[1:]] if not bad else [2, *x.shape[1:]]  # bad: byte count does not match
+        return pb.ScoreRequest(request_id=str(i), samples=pb.Tensor(shape=shape, dtype=dtype, data=x.tobytes()))
+
+    for s in range(n):
+        k = int(rng.integers(1, 6))
+        if s % 2:  # malformed request after k good ones: k answers, then INVALID_ARGUMENT ends the stream
+            answers, code = 0, "OK"
+            try:
+                for _ in stub.ScoreStream(iter([req(i) for i in range(k)] + [req(k, bad=True)] + [req(k + 1)]),
+                                          timeout=30):
+                    answers += 1
+            except grpc.RpcError as e:
+                code = e.code().name
+            wrong += int(answers != k or code != "INVALID_ARGUMENT")
+        else:  # the client cancels while its stream is still open
+            release = threading.Event()
+
+            def requests():
+                for i in range(k):
+                    yield req(i)
+                release.wait(10)
+
+            call = stub.ScoreStream(requests(), timeout=30)
+            answers = 0
+            for _ in call:
+                answers += 1
+                if answers == k:
+                    call.cancel()
+                    break
+            release.set()
+            wrong += int(answers != k)
+    return {"streams": n, "wrong": wrong}
+
+
+# ---------------------------------------------------------------- overload
+def overload(args) -> dict:
+    samples = bench_samples(args.bundle)
+    b = args.request_samples
+    res = {"max_queue_wait_ms": args.max_queue_wait_ms, "deadline_s": args.deadline, "request_samples": b}
+    with ServeProcess(args.bundle, "--max-queue-wait-ms", str(args.max_queue_wait_ms)) as srv:
+        load(srv.target, samples, 3, b, clients=8)  # warm both sides
+        # Sustainable: the most that closed-loop clients (backing off 50 ms when refused) get answered.
+        res["sustained"] = {c: load(srv.target, samples, 5, b, clients=c, timeout=args.deadline, backoff_s=0.05)
+                            for c in (2, 4, 8, 16)}
+        rate = max(r["samples_per_s"] for r in res["sustained"].values()) / b  # requests/s
+        res["sustainable_per_s"] = rate * b
+        res["rss_mb_before"] = srv.rss_mb()
+        res["unloaded"] = load(srv.target, samples, 10, b, rate=rate / 2, timeout=args.deadline)
+        rss, stop = [], threading.Event()
+
+        def sample_rss():
+            while not stop.wait(0.5):
+                rss.append(srv.rss_mb())
+        sampler = threading.Thread(target=sample_rss, daemon=True)
+        sampler.start()
+        res["overload"] = load(srv.target, samples, args.seconds, b, rate=4 * rate, timeout=args.deadline)
+        res["overload"]["offered_per_s"] = 4 * rate
+        stop.set()
+        sampler.join()
+        res["rss_mb_max_during"] = max(rss)
+        res["recovered"] = load(srv.target, samples, 10, b, rate=rate / 2, timeout=args.deadline)
+        res["serving_after"] = srv.serving()
+        res["exit_code"] = srv.stop()[0]
+    u, o, r = res["unloaded"], res["overload"], res["recovered"]
+    codes = o["codes"]
+    res["checks"] = {
+        "accepted p99 / unloaded p99 (<= 2)": o["p99_ms"] / u["p99_ms"],
+        "refused share": codes.get("RESOURCE_EXHAUSTED", 0) / o["requests"],
+        "refusal p99 ms": o["refused_p99_ms"],
+        "other errors": o["errors"] - codes.get("RESOURCE_EXHAUSTED", 0),
+        "over deadline": int(o["max_ms"] > args.deadline * 1e3),
+        "RSS growth MB": res["rss_mb_max_during"] - res["rss_mb_before"],
+        "recovered p99 / unloaded p99": r["p99_ms"] / u["p99_ms"],
+    }
+    res["summary"] = (f"overload: {o['offered_per_s']:.0f} req/s of {b} samples offered for {args.seconds:g} s (4 x "
+                      f"sustainable {rate:.0f}/s = {rate * b:.0f} samples/s): {codes.get('RESOURCE_EXHAUSTED', 0)} of {o['requests']} refused with "
+                      f"RESOURCE_EXHAUSTED (p99 {o['refused_p99_ms']:.1f} ms), {o['ok']} accepted with p99 "
+                      f"{o['p99_ms']:.0f} ms = {res['checks']['accepted p99 / unloaded p99 (<= 2)']:.2f} x unloaded "
+                      f"({u['p99_ms']:.0f} ms), {res['checks']['other errors']} other errors, RSS "
+                      f"{res['rss_mb_before']:.0f} -> max {res['rss_mb_max_during']:.0f} MB, after: p99 "
+                      f"{r['p99_ms']:.0f} ms, {r['errors']} errors, SERVING {res['serving_after']}")
+    return res
+
+
+# ---------------------------------------------------------------- reload
+def reload(args) -> dict:
+    work = Path(tempfile.mkdtemp())
+    link = work / "current"
+    corrupt = work / "corrupt"
+    shutil.copytree(args.bundle, corrupt)
+    weights = corrupt / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    link.symlink_to(Path(args.bundle).resolve())
+    samples = bench_samples(args.bundle)
+    res = {}
+    with ServeProcess(link) as srv:
+        stop, swaps = threading.Event(), []
+
+        def point_to(target: Path) -> None:
+            tmp = work / "next"
+            tmp.symlink_to(Path(target).resolve())
+            os.replace(tmp, link)  # atomic
+            srv.proc.send_signal(signal.SIGHUP)
+            swaps.append(str(target))
+
+        def reloader():
+            bundles = [args.bundle2, args.bundle]
+            i = 0
+            while not stop.wait(args.every):
+                if i == len(bundles) * 2:  # once, mid-load: a corrupted bundle
+                    point_to(corrupt)
+                    stop.wait(args.every)
+                point_to(bundles[i % 2])
+                i += 1
+        thread = threading.Thread(target=reloader, daemon=True)
+        thread.start()
+        res["load"] = load(srv.target, samples, args.seconds, 4, clients=16, timeout=30)
+        stop.set()
+        thread.join()
+        time.sleep(1)
+        res["reloads_loaded"] = srv.metric_sum("detector_model_reloads_total", outcome="loaded")
+        res["reloads_refused"] = srv.metric_sum("detector_model_reloads_total", outcome="refused")
+        versions = {dict(lab).get("model_version") for (n, lab), v in srv.metrics().items()
+                    if n == "detector_samples_scored_total" and v > 0}
+        res["versions_served"] = sorted(versions)
+        res["exit_code"], _, log = srv.stop()
+    res["swaps"] = len(swaps)
+    res["refusal_logged"] = "reload refused" in log
+    shutil.rmtree(work)
+    ld = res["load"]
+    res["summary"] = (f"reload: {res['swaps']} SIGHUP swaps every {args.every:g} s under load (16 clients, "
+                      f"{ld['requests']} requests, {len(res['versions_served'])} model versions served): "
+                      f"{ld['errors']} failed requests, {ld['bad']} lost/swapped; {res['reloads_loaded']:.0f} loaded, "
+                      f"{res['reloads_refused']:.0f} refused (the corrupted bundle; logged: {res['refusal_logged']})")
+    return res
+
+
+# ---------------------------------------------------------------- sigterm
+def sigterm(args) -> dict:
+    samples = bench_samples(args.bundle)
+    srv = ServeProcess(args.bundle, "--grace-s", "20")
+    out = {}
+    thread = threading.Thread(target=lambda: out.update(load(srv.target, samples, args.seconds, 4, clients=32,
+                                                             timeout=30)))
+    thread.start()
+    time.sleep(args.seconds / 2 + 1.5)
+    scored_before = srv.metric_sum("detector_samples_scored_total")
+    code, stdout, _ = srv.stop()
+    thread.join()
+    codes = out["codes"]
+    lost = sum(v for k, v in codes.items() if k not in ("OK", "UNAVAILABLE")) + out["bad"]
+    res = {"load": out, "exit_code": code, "drained": "stopped" in stdout, "scored_before_sigterm": scored_before,
+           "lost": lost}
+    res["summary"] = (f"sigterm: SIGTERM under load (32 clients, {out['requests']} requests): {out['ok']} answered, "
+                      f"{codes.get('UNAVAILABLE', 0)} refused before acceptance (UNAVAILABLE), {lost} lost; "
+                      f"exit code {code}")
+    return res
+
+
+# ---------------------------------------------------------------- auth
+def auth(args) -> dict:
+    import grpc
+
+    from detector.client import DetectorClient
+
+    work = Path(tempfile.mkdtemp())
+    for name in ("ca", "server"):
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", work / f"{name}.key",
+                        "-out", work / f"{name}.crt", "-days", "1", "-subj", f"/CN={name}", "-addext",
+                        "subjectAltName=IP:127.0.0.1,DNS:localhost"], check=True, capture_output=True)
+    (work / "token").write_text("s3cret-token\n")
+    x = bench_samples(args.bundle, 4)
+    trusted = grpc.ssl_channel_credentials((work / "server.crt").read_bytes())
+    other_ca = grpc.ssl_channel_credentials((work / "ca.crt").read_bytes())
+    res = {"refused": {}, "tls": {}}
+    with ServeProcess(args.bundle, "--tls-cert", str(work / "server.crt"), "--tls-key", str(work / "server.key"),
+                      "--auth-token-file", str(work / "token")) as srv:
+        for name, metadata in (("no token", ()), ("wrong token", (("authorization", "Bearer nope"),)),
+                               ("no Bearer prefix", (("authorization", "s3cret-token"),))):
+            with DetectorClient(srv.target, credentials=trusted, metadata=metadata, retries=0) as client:
+                try:
+                    client.score(x)
+                    res["refused"][name] = "OK"
+                except grpc.RpcError as e:
+                    res["refused"][name] = e.code().name
+        res["scored_after_refusals"] = srv.metric_sum("detector_samples_scored_total")
+        res["ok_requests_after_refusals"] = srv.metric_sum("detector_requests_total", code="OK")
+        for name, creds in (("CA not trusted", other_ca), ("plaintext", None)):
+            with DetectorClient(srv.target, credentials=creds, retries=0, timeout=5,
+                                metadata=(("authorization", "Bearer s3cret-token"),)) as client:
+                try:
+                    client.score(x)
+                    res["tls"][name] = "OK"
+                except grpc.RpcError as e:
+                    res["tls"][name] = e.code().name
+        with DetectorClient(srv.target, credentials=trusted,
+                            metadata=(("authorization", "Bearer s3cret-token"),)) as client:
+            res["with token"] = len(client.score(x))
+        res["scored_after"] = srv.metric_sum("detector_samples_scored_total")
+    shutil.rmtree(work)
+    ok = (set(res["refused"].values()) == {"UNAUTHENTICATED"} and res["scored_after_refusals"] == 0
+          and res["ok_requests_after_refusals"] == 0 and "OK" not in res["tls"].values() and res["with token"] == len(x))
+    res["passed"] = ok
+    res["summary"] = (f"auth: {', '.join(f'{k}: {v}' for k, v in res['refused'].items())}; samples scored "
+                      f"{res['scored_after_refusals']:.0f}, OK requests {res['ok_requests_after_refusals']:.0f}; "
+                      f"TLS {', '.join(f'{k}: {v}' for k, v in res['tls'].items())}; with the token "
+                      f"{res['with token']} results; {'PASS' if ok else 'FAIL'}")
+    return res
+
+
+CHECKS = {"fuzz": fuzz, "overload": overload, "reload": reload, "sigterm": sigterm, "auth": auth}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("check", choices=(*CHECKS, "all"))
+    parser.add_argument("--bundle", required=True, type=Path)
+    parser.add_argument("--bundle2", type=Path, help="a second bundle of the same input shape (reload)")
+    parser.add_argument("--n", type=int, default=10_000, help="fuzz: malformed requests")
+    parser.add_argument("--streams", type=int, default=200, help="fuzz: truncated or cancelled streams")
+    parser.add_argument("--seconds", type=float, default=None, help="load duration (overload 60, reload 30, sigterm 8)")
+    parser.add_argument("--every", type=float, default=3.0, help="reload: seconds between swaps")
+    parser.add_argument("--max-queue-wait-ms", type=float, default=100.0, help="overload: the server's wait budget")
+    parser.add_argument("--request-samples", type=int, default=8, help="overload: samples per request")
+    parser.add_argument("--deadline", type=float, default=2.0, help="overload: client deadline, seconds")
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "reliability")
+    args = parser.parse_args()
+    if args.check in ("reload", "all") and args.bundle2 is None:
+        parser.error("reload needs --bundle2")
+    seconds = args.seconds
+    args.out.mkdir(parents=True, exist_ok=True)
+    for name in CHECKS if args.check == "all" else [args.check]:
+        args.seconds = seconds or {"overload": 60.0, "reload": 30.0, "sigterm": 8.0}.get(name, 0.0)
+        res = stamp(CHECKS[name](args))
+        res["command"] = f"scripts/reliability.py {name} " + " ".join(sys.argv[2:])
+        (args.out / f"{name}.json").write_text(json.dumps(res, indent=2, default=str))
+        print(res["summary"], flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,77 @@
+"""The dynamic batcher on its own: batches per model, admission by expected wait, the speed model."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import numpy as np
+import pytest
+
+from detector.errors import Overloaded
+from detector.serving.batcher import DynamicBatcher, ScoringSpeed
+
+
+def test_speed_model_separates_fixed_and_per_sample_cost():
+    speed = ScoringSpeed(max_batch_samples=256, smoothing=0.1)
+    assert speed.expected_wait(100) == 0.0  # nothing measured yet: admit
+    for n in [8, 64, 16, 128, 32, 256, 4] * 20:
+        speed.update(n, 0.010 + 0.002 * n)
+    per_batch, per_sample = speed.cost()
+    assert per_batch == pytest.approx(0.010, abs=1e-4) and per_sample == pytest.approx(0.002, abs=1e-6)
+    # 300 queued samples: two batches; behind a 100-sample batch that has run for 0.1 of its 0.21 s.
+    assert speed.expected_wait(300, busy_samples=100, busy_for=0.1) == pytest.approx(0.11 + 2 * 0.010 + 0.6, abs=1e-3)
+
+
+def test_speed_model_with_one_batch_size_charges_everything_per_sample():
+    speed = ScoringSpeed(max_batch_samples=64)
+    for _ in range(5):
+        speed.update(8, 0.04)
+    assert speed.cost() == pytest.approx((0.0, 0.005))
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_batches_never_mix_models_and_each_request_gets_its_own_rows():
+    seen = []
+
+    def score(model, x):
+        seen.append((model, len(x)))
+        return x * (1 if model == "a" else -1)
+
+    async def main():
+        b = DynamicBatcher(score, lambda r, sizes: np.split(r, np.cumsum(sizes)[:-1]), max_batch_samples=64,
+                           max_delay_s=0.05)
+        b.start()
+        xs = [np.full((2, 3), i, np.float32) for i in range(6)]
+        out = await asyncio.gather(*(b.submit(x, model="a" if i < 3 else "b") for i, x in enumerate(xs)))
+        await b.drain()
+        return xs, out
+
+    xs, out = run(main())
+    assert seen == [("a", 6), ("b", 6)]
+    for i, (x, o) in enumerate(zip(xs, out)):
+        np.testing.assert_array_equal(o, x if i < 3 else -x)
+
+
+def test_admission_refuses_when_the_expected_wait_exceeds_the_budget():
+    def score(model, x):
+        time.sleep(0.05)
+        return x
+
+    async def main():
+        b = DynamicBatcher(score, lambda r, sizes: np.split(r, np.cumsum(sizes)[:-1]), max_batch_samples=4,
+                           max_delay_s=0.0, max_queue_samples=10_000, max_queue_wait_s=0.2)
+        b.start()
+        await b.submit(np.zeros((4, 1)))  # measures the speed: ~0.05 s per batch of 4
+        results = await asyncio.gather(*(b.submit(np.zeros((4, 1))) for _ in range(20)), return_exceptions=True)
+        await b.drain()
+        return results
+
+    results = run(main())
+    refused = [r for r in results if isinstance(r, Overloaded)]
+    assert 8 <= len(refused) <= 18, len(refused)  # ~0.2 s of work admitted, the rest refused at once
+    assert all("saturated" in str(r) for r in refused)
+    assert all(isinstance(r, np.ndarray) for r in results if not isinstance(r, Overloaded))
