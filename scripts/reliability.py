@@ -422,7 +422,9 @@ def sigterm(args) -> dict:
     thread = threading.Thread(target=lambda: out.update(load(srv.target, samples, args.seconds, 4, clients=32,
                                                              timeout=30)))
     thread.start()
-    time.sleep(args.seconds / 2 + 1.5)
+    give_up = time.monotonic() + args.seconds / 2
+    while srv.metric_sum("detector_samples_scored_total") < 2000 and time.monotonic() < give_up:
+        time.sleep(0.2)  # SIGTERM only once the load is flowing
     scored_before = srv.metric_sum("detector_samples_scored_total")
     code, stdout, _ = srv.stop()
     thread.join()
@@ -430,7 +432,8 @@ def sigterm(args) -> dict:
     lost = sum(v for k, v in codes.items() if k not in ("OK", "UNAVAILABLE")) + out["bad"]
     res = {"load": out, "exit_code": code, "drained": "stopped" in stdout, "scored_before_sigterm": scored_before,
            "lost": lost}
-    res["summary"] = (f"sigterm: SIGTERM under load (32 clients, {out['requests']} requests): {out['ok']} answered, "
+    res["summary"] = (f"sigterm: SIGTERM under load (32 clients, {scored_before:.0f} samples scored before it, "
+                      f"{out['requests']} requests in all): {out['ok']} answered, "
                       f"{codes.get('UNAVAILABLE', 0)} refused before acceptance (UNAVAILABLE), {lost} lost; "
                       f"exit code {code}")
     return res
@@ -497,7 +500,7 @@ def main() -> None:
     parser.add_argument("--bundle2", type=Path, help="a second bundle of the same input shape (reload)")
     parser.add_argument("--n", type=int, default=10_000, help="fuzz: malformed requests")
     parser.add_argument("--streams", type=int, default=200, help="fuzz: truncated or cancelled streams")
-    parser.add_argument("--seconds", type=float, default=None, help="load duration (overload 60, reload 30, sigterm 8)")
+    parser.add_argument("--seconds", type=float, default=None, help="load duration (overload 60, reload 30, sigterm 20)")
     parser.add_argument("--every", type=float, default=3.0, help="reload: seconds between swaps")
     parser.add_argument("--max-queue-wait-ms", type=float, default=100.0, help="overload: the server's wait budget")
     parser.add_argument("--request-samples", type=int, default=8, help="overload: samples per request")
@@ -509,7 +512,7 @@ def main() -> None:
     seconds = args.seconds
     args.out.mkdir(parents=True, exist_ok=True)
     for name in CHECKS if args.check == "all" else [args.check]:
-        args.seconds = seconds or {"overload": 60.0, "reload": 30.0, "sigterm": 8.0}.get(name, 0.0)
+        args.seconds = seconds or {"overload": 60.0, "reload": 30.0, "sigterm": 20.0}.get(name, 0.0)
         res = stamp(CHECKS[name](args))
         res["command"] = f"scripts/reliability.py {name} " + " ".join(sys.argv[2:])
         (args.out / f"{name}.json").write_text(json.dumps(res, indent=2, default=str))
