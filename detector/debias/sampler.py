@@ -8,6 +8,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from detector.config import DebiasConfig
 from detector.debias.density import LatentDensity
 from detector.model.vae import VAE
 from detector.data.batches import sequential_batches
@@ -22,23 +23,16 @@ def latent_means_of(model: VAE, data: torch.Tensor, device: torch.device, batch_
     return torch.cat(mus).numpy()
 
 
-def debias_weights_fn(data: torch.Tensor, device: torch.device, bins: int, alpha: float, combine: str,
-                      max_draw_ratio: float) -> Callable[[VAE], torch.Tensor]:
+def fit_density(mus: np.ndarray, debias: DebiasConfig) -> LatentDensity:
+    return LatentDensity.fit(mus, debias.bins, debias.alpha, debias.combine, debias.rare_fraction, debias.whiten,
+                             debias.max_draw_ratio)
+
+
+def debias_weights_fn(data: torch.Tensor, device: torch.device, debias: DebiasConfig) -> Callable[[VAE], torch.Tensor]:
+    """Each call: the current encoder's latent means -> a fresh density -> this epoch's draw weights."""
     def weights(model: VAE) -> torch.Tensor:
         mus = latent_means_of(model, data, device)
-        w = LatentDensity.fit(mus, bins, alpha, combine).weights(mus).astype(np.float64)
-        return torch.from_numpy(cap_weights(w, max_draw_ratio))
+        return torch.from_numpy(fit_density(mus, debias).weights(mus).astype(np.float64))
 
     return weights
-
-
-def cap_weights(w: np.ndarray, max_ratio: float, rounds: int = 20) -> np.ndarray:
-    """Clip weights at ``max_ratio`` x their mean (repeatedly, as clipping lowers the mean); mean 1."""
-    w = w / w.mean()
-    for _ in range(rounds):
-        if w.max() <= max_ratio * (1 + 1e-9):
-            break
-        w = np.minimum(w, max_ratio)
-        w = w / w.mean()
-    return w
 

@@ -80,8 +80,10 @@ class ServerMetrics:
                                     buckets=BATCH_BUCKETS, registry=registry)
         self.score = Histogram("detector_score", "Distribution of scores.", ["model_version", "score"],
                                buckets=NOVELTY_BUCKETS, registry=registry)
-        self.reloads = Counter("detector_model_reloads_total", "Model reload attempts by outcome.", ["outcome"],
+        self.reloads = Counter("detector_model_reloads_total", "Model reload attempts (SIGHUP) by outcome.", ["outcome"],
                                registry=registry)
+        for outcome in ("loaded", "refused"):
+            self.reloads.labels(outcome)  # exported as 0 from the start, so alerts see the series
         self.window_s = window_s
         self._rates: dict[str, SlidingRate] = {}
         self._live: Callable[[], dict] = lambda: {}

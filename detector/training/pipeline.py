@@ -13,8 +13,7 @@ import torch
 
 import detector
 from detector.config import DebiasConfig, ScoreConfig, Settings, validate_debias, validate_model, validate_train
-from detector.debias.density import LatentDensity
-from detector.debias.sampler import debias_weights_fn, latent_means_of
+from detector.debias.sampler import debias_weights_fn, fit_density, latent_means_of
 from detector.data.sampleset import SampleSet
 from detector.errors import DataError
 from detector.model.bundle import Bundle, save_bundle
@@ -69,7 +68,7 @@ def fit_latent_density(model: VAE, data: torch.Tensor, device: torch.device, deb
     and DB-VAE's per-dimension histograms (resampling weights)."""
     mus = torch.from_numpy(latent_means_of(model, data, device)).double()
     cov = torch.cov(mus.T) + 1e-6 * torch.eye(mus.shape[1], dtype=torch.float64)
-    hist = LatentDensity.fit(mus.numpy(), debias.bins, debias.alpha, debias.combine, debias.rare_fraction)
+    hist = fit_density(mus.numpy(), debias)
     return {"latent_mean": mus.mean(0).numpy(), "latent_precision": torch.linalg.inv(cov).numpy(), **hist.to_arrays()}
 
 
@@ -128,8 +127,7 @@ def train_bundle(samples: SampleSet, settings: Settings, out: Path, resume: bool
     setup = (lambda m: _vector_normalization(m, train_data)) if samples.kind == "vector" else None
     weights_fn = None
     if tcfg.debias:
-        d = settings.debias
-        weights_fn = debias_weights_fn(train_data, device, d.bins, d.alpha, d.combine, d.max_draw_ratio)
+        weights_fn = debias_weights_fn(train_data, device, settings.debias)
     data_fingerprint = fingerprint(samples)
     model, history = train_vae(model_cfg, tcfg, train_data, val_data, device, checkpoint_dir(out), resume,
                                data_fingerprint, progress, weights_fn, setup)
