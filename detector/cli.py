@@ -74,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, metavar="SPEC")
     p.add_argument("--out", required=True, type=Path, metavar="FILE", help=".csv or .parquet")
     p.add_argument("--batch-size", type=_positive_int, default=1024)
+    p.add_argument("--tls-ca", metavar="PEM", help="with --server: connect over TLS, trusting this CA certificate")
+    p.add_argument("--auth-token-file", metavar="FILE",
+                   help="with --server: send 'authorization: Bearer <token>'; also $DETECTOR_AUTH_TOKEN")
     _add_device(p)
 
     p = sub.add_parser("evaluate", help="AUROC / AUPRC / FPR@95TPR / calibrated FPR per score")
@@ -99,6 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "scoring time; 0 turns it off (default 1000)")
     p.add_argument("--max-request-samples", type=_positive_int, default=4096)
     p.add_argument("--max-message-mb", type=_positive_int, default=64)
+    p.add_argument("--max-stream-requests", type=int, default=1_000_000,
+                   help="requests per ScoreStream before it is ended with RESOURCE_EXHAUSTED; 0: no limit")
     p.add_argument("--no-batching", action="store_true", help="one request per forward pass (benchmarks)")
     p.add_argument("--grace-s", type=float, default=20.0, help="SIGTERM: time in-flight requests get to finish")
     p.add_argument("--tls-cert", metavar="PEM", help="serve TLS with this certificate chain (needs --tls-key)")
@@ -163,6 +168,17 @@ def _auth_token(args: argparse.Namespace) -> str | None:
     return os.environ.get("DETECTOR_AUTH_TOKEN") or None
 
 
+def _client_security(args: argparse.Namespace) -> dict:
+    """TLS credentials and bearer-token metadata for a client, from --tls-ca and --auth-token-file."""
+    import grpc
+
+    from detector.serving.grpc.security import read_secret
+
+    token = _auth_token(args)
+    return {"credentials": grpc.ssl_channel_credentials(read_secret(args.tls_ca, "TLS CA")) if args.tls_ca else None,
+            "metadata": (("authorization", f"Bearer {token}"),) if token else ()}
+
+
 def _serve(args: argparse.Namespace) -> int:
     import asyncio
     import logging
@@ -175,7 +191,7 @@ def _serve(args: argparse.Namespace) -> int:
     cfg = ServeConfig(host=args.host, port=args.port, metrics_host=args.metrics_host or args.host,
                       metrics_port=args.metrics_port, device=args.device, max_batch_samples=args.max_batch_samples,
                       max_delay_ms=args.max_delay_ms, max_queue_samples=args.max_queue_samples,
-                      max_queue_wait_ms=args.max_queue_wait_ms,
+                      max_queue_wait_ms=args.max_queue_wait_ms, max_stream_requests=args.max_stream_requests,
                       max_request_samples=args.max_request_samples, max_message_bytes=args.max_message_mb << 20,
                       batching=not args.no_batching, grace_s=args.grace_s, tls_cert=args.tls_cert,
                       tls_key=args.tls_key, tls_client_ca=args.tls_client_ca, auth_token=_auth_token(args))
@@ -237,7 +253,8 @@ def _score(args: argparse.Namespace) -> int:
     if args.server is not None:
         from detector.client import score_samples_remote
 
-        result = score_samples_remote(args.server, samples, args.batch_size, progress=not args.quiet)
+        result = score_samples_remote(args.server, samples, args.batch_size, progress=not args.quiet,
+                                      **_client_security(args))
     else:
         from detector.scoring.scorer import Scorer
 

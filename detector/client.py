@@ -121,7 +121,8 @@ class AsyncDetectorClient:
         await self.close()
 
 
-def score_samples_remote(target: str, samples, batch_size: int = 256, progress: bool = True):
+def score_samples_remote(target: str, samples, batch_size: int = 256, progress: bool = True,
+                         credentials: grpc.ChannelCredentials | None = None, metadata: Sequence[tuple[str, str]] = ()):
     """`detector score --server`: a whole SampleSet through the server, as a ScoreResult."""
     from tqdm.auto import tqdm
 
@@ -130,7 +131,7 @@ def score_samples_remote(target: str, samples, batch_size: int = 256, progress: 
 
     parts = []
     try:
-        with DetectorClient(target, timeout=60.0) as client, \
+        with DetectorClient(target, timeout=60.0, credentials=credentials, metadata=metadata) as client, \
                 tqdm(total=len(samples), desc="scoring (remote)", unit="sample", disable=not progress) as bar:
             for start, raw in samples.chunks(batch_size):
                 r = client.score(raw, sample_ids=[str(start + i) for i in range(len(raw))])

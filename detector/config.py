@@ -167,6 +167,7 @@ class ServeConfig:
     novelty_window_s: float = 60.0  # sliding window of detector_novelty_rate
     grace_s: float = 20.0  # SIGTERM: in-flight requests get this long to finish
     stream_max_in_flight: int = 32  # per ScoreStream: requests scored ahead of the one being answered
+    max_stream_requests: int = 1_000_000  # per ScoreStream, then RESOURCE_EXHAUSTED (reconnects rebalance); 0: none
     tls_cert: str | None = None  # PEM certificate chain: serve TLS instead of plaintext
     tls_key: str | None = None
     tls_client_ca: str | None = None  # PEM CA: require client certificates (mutual TLS)
@@ -175,6 +176,8 @@ class ServeConfig:
     def validate(self) -> None:
         if self.max_batch_samples < 1 or self.max_request_samples < 1 or self.max_queue_samples < 1:
             raise ConfigError("batch, request and queue limits must be >= 1")
+        if self.max_stream_requests < 0:
+            raise ConfigError("max_stream_requests must be >= 0 (0: no limit)")
         if self.max_delay_ms < 0 or self.max_queue_wait_ms < 0:
             raise ConfigError("max_delay_ms and max_queue_wait_ms must be >= 0")
         if not 0 <= self.port <= 65535 or not -1 <= self.metrics_port <= 65535:

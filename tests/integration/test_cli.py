@@ -93,18 +93,45 @@ def test_calibrate_in_place_changes_threshold_and_keeps_bundle_valid(trained, da
     load_bundle(out)  # manifest still matches
 
 
-def test_train_resume_after_interrupt_gives_identical_weights(tmp_path, data_dir):
-    (tmp_path / "tiny.toml").write_text(TINY_TOML)
-    common = ["--data", str(data_dir / "normal.npz"), "--config", str(tmp_path / "tiny.toml"), "--seed", "3"]
-    full = detector("train", *common, "--out", str(tmp_path / "full"), "--epochs", "3")
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, data_dir):
+    """A 3-epoch run to compare resumed runs with, and the arguments that made it."""
+    work = tmp_path_factory.mktemp("resume")
+    (work / "tiny.toml").write_text(TINY_TOML)
+    common = ["--data", str(data_dir / "normal.npz"), "--config", str(work / "tiny.toml"), "--seed", "3"]
+    full = detector("train", *common, "--out", str(work / "full"), "--epochs", "3")
     assert full.returncode == 0, full.stderr
+    return common, (work / "full" / "model.safetensors").read_bytes()
+
+
+def test_train_resume_after_stopping_gives_identical_weights(tmp_path, uninterrupted):
+    common, reference = uninterrupted
     part = detector("train", *common, "--out", str(tmp_path / "resumed"), "--epochs", "2")
     assert part.returncode == 0, part.stderr
     resumed = detector("train", *common, "--out", str(tmp_path / "resumed"), "--epochs", "3", "--resume")
     assert resumed.returncode == 0, resumed.stderr
-    a = (tmp_path / "full" / "model.safetensors").read_bytes()
-    b = (tmp_path / "resumed" / "model.safetensors").read_bytes()
-    assert a == b
+    assert (tmp_path / "resumed" / "model.safetensors").read_bytes() == reference
+
+
+def test_train_resume_after_sigkill_gives_identical_weights(tmp_path, uninterrupted):
+    import signal
+    import time
+
+    common, reference = uninterrupted
+    out = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "detector", "--quiet", "train", *common, "--out", str(out),
+                             "--epochs", "3"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    checkpoint = out.with_name(out.name + ".ckpt") / "meta.json"
+    deadline = time.time() + 120
+    while not checkpoint.exists():  # the first epoch's checkpoint is written: kill mid-training
+        assert time.time() < deadline and proc.poll() is None, "training finished or stalled before the kill"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (out / "model.safetensors").exists()
+    resumed = detector("train", *common, "--out", str(out), "--epochs", "3", "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert (out / "model.safetensors").read_bytes() == reference
 
 
 @pytest.mark.parametrize("args,message", [

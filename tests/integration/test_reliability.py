@@ -230,3 +230,14 @@ def test_bad_bundles_are_refused_and_the_old_model_keeps_serving(scorer, bundle_
             assert reply.model_version == scorer.model_version, name
         assert s.metric("detector_model_reloads_total", outcome="refused") == len(cases)
         assert s.metric("detector_model_reloads_total", outcome="loaded") == 0
+
+
+def test_stream_longer_than_its_limit_is_answered_then_ended(scorer):
+    with ServerThread(scorer, max_stream_requests=3) as s:
+        answers = []
+        with pytest.raises(grpc.RpcError) as err:
+            for reply in stub(s.target).ScoreStream(iter([request(1, request_id=str(i)) for i in range(5)]),
+                                                     timeout=20):
+                answers.append(reply.request_id)
+        assert answers == ["0", "1", "2"]
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "limit of 3" in err.value.details()

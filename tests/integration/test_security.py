@@ -92,3 +92,22 @@ def test_tls_settings_must_be_complete(scorer):
         ServeConfig(tls_cert="a.pem").validate()
     with pytest.raises(ConfigError, match="needs TLS"):
         ServeConfig(tls_client_ca="ca.pem").validate()
+
+
+def test_score_cli_through_a_tls_server_with_a_token(scorer, data_dir, tmp_path):
+    import csv
+    import sys
+
+    server_key, server_crt = make_cert(tmp_path, "server")
+    (tmp_path / "token").write_text("s3cret\n")
+    with ServerThread(scorer, tls_cert=str(server_crt), tls_key=str(server_key), auth_token="s3cret") as s:
+        def score(*extra):
+            return subprocess.run([sys.executable, "-m", "detector", "--quiet", "score", "--server", s.target,
+                                   "--data", str(data_dir / "anomalous.npz"), "--out", str(tmp_path / "r.csv"),
+                                   "--tls-ca", str(server_crt), *extra], capture_output=True, text=True, timeout=120)
+
+        refused = score()
+        assert refused.returncode == 2 and "UNAUTHENTICATED" in refused.stderr and "Traceback" not in refused.stderr
+        ok = score("--auth-token-file", str(tmp_path / "token"))
+        assert ok.returncode == 0, ok.stderr
+        assert len(list(csv.DictReader(open(tmp_path / "r.csv")))) == 200

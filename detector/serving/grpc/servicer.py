@@ -81,6 +81,10 @@ def _observed(method: str, streaming: bool = False):
     return wrap
 
 
+async def _raise(exc: Exception):
+    raise exc
+
+
 class DetectorServicer(pb_grpc.DetectorServicer):
     def __init__(self, service: ScoringService):
         self.service = service
@@ -102,9 +106,17 @@ class DetectorServicer(pb_grpc.DetectorServicer):
         pending: asyncio.Queue = asyncio.Queue(maxsize=self.service.cfg.stream_max_in_flight)
         done = object()
 
+        limit = self.service.cfg.max_stream_requests
+
         async def read():
             try:
+                count = 0
                 async for request in request_iterator:
+                    count += 1
+                    if limit and count > limit:  # answered after the ones before it, then the stream ends
+                        await pending.put(asyncio.ensure_future(_raise(Overloaded(
+                            f"stream reached its limit of {limit} requests; open a new stream"))))
+                        break
                     await pending.put(asyncio.ensure_future(self._score_one(request, context)))
             finally:
                 await pending.put(done)
