@@ -90,9 +90,10 @@ class LatentDensity:
     def from_arrays(cls, arrays: dict[str, np.ndarray]) -> "LatentDensity | None":
         if "hist_edges" not in arrays:
             return None
-        alpha, combine, log_norm, flag, log_cap = arrays["hist_params"].tolist()
+        # Bundles written before whitening and capping hold 4 parameters and no transform: raw axes, no cap.
+        alpha, combine, log_norm, flag, *rest = arrays["hist_params"].tolist()
         return cls(arrays["hist_edges"], arrays["hist_density"], alpha, COMBINES[int(combine)], log_norm, flag,
-                   arrays["hist_center"], arrays["hist_transform"], log_cap)
+                   arrays.get("hist_center"), arrays.get("hist_transform"), rest[0] if rest else np.inf)
 
 
 def _whitening(mus: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

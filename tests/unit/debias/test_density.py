@@ -60,6 +60,14 @@ def test_round_trip_through_arrays_and_out_of_range_inputs():
     assert LatentDensity.from_arrays({}) is None
 
 
+def test_bundles_from_before_whitening_still_load_with_raw_axes():
+    mus, _ = toy(2000)
+    raw = LatentDensity.fit(mus, whiten=False)
+    old = {k: v for k, v in raw.to_arrays().items() if k not in ("hist_center", "hist_transform")}
+    old["hist_params"] = old["hist_params"][:4]
+    np.testing.assert_allclose(LatentDensity.from_arrays(old).weights(mus), raw.weights(mus), rtol=1e-6)
+
+
 def test_weights_are_capped_at_the_ratio_with_mean_one_and_flags_keep_the_uncapped_order():
     mus, is_rare = toy()
     mus[:10] = 50.0  # a few far outliers that an uncapped product would weight enormously
