@@ -118,8 +118,8 @@ class DynamicBatcher:
 
     async def submit(self, samples: np.ndarray, deadline: float | None = None, model: object = None):
         """Score ``samples`` (N, ...) with ``model`` in some batch; returns this request's part of the result."""
-        self._admit(len(samples))
         n = len(samples)
+        self._admit(n)
         item = _Pending(samples, model, deadline, asyncio.get_running_loop().create_future())
         self._queue.append(item)
         self._queued_samples += n
@@ -135,7 +135,8 @@ class DynamicBatcher:
         batch, size = [], 0
         while self._queue:
             n = len(self._queue[0].samples)
-            if batch and (size + n > self.max_batch_samples or not self.enabled or self._queue[0].model is not batch[0].model):
+            other_model = bool(batch) and self._queue[0].model is not batch[0].model
+            if batch and (size + n > self.max_batch_samples or not self.enabled or other_model):
                 break
             item = self._queue.popleft()
             self._queued_samples -= n
