@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
 from google.protobuf.message import DecodeError
 
 from detector.errors import InvalidInput
-from detector.scoring.scorer import ScoreResult
 from detector.v1 import detector_pb2 as pb
+
+if TYPE_CHECKING:  # the client imports this module: keep torch out of its start-up
+    from detector.scoring.scorer import ScoreResult
 
 _DTYPES = {pb.UINT8: np.dtype("<u1"), pb.FLOAT32: np.dtype("<f4"), pb.FLOAT16: np.dtype("<f2")}
 _ENUM_OF = {np.dtype("uint8"): pb.UINT8, np.dtype("float32"): pb.FLOAT32, np.dtype("float16"): pb.FLOAT16}
