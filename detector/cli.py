@@ -97,9 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-batch-samples", type=_positive_int, default=256)
     p.add_argument("--max-delay-ms", type=float, default=2.0)
     p.add_argument("--max-queue-samples", type=_positive_int, default=4096)
-    p.add_argument("--max-queue-wait-ms", type=float, default=1000.0,
+    p.add_argument("--max-queue-wait-ms", type=float, default=5000.0,
                    help="refuse new requests (RESOURCE_EXHAUSTED) while the queue holds more than this much "
-                        "scoring time; 0 turns it off (default 1000)")
+                        "scoring time; 0 turns it off (default 5000; set it to your latency target)")
     p.add_argument("--max-request-samples", type=_positive_int, default=4096)
     p.add_argument("--max-message-mb", type=_positive_int, default=64)
     p.add_argument("--max-stream-requests", type=int, default=1_000_000,

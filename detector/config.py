@@ -160,7 +160,8 @@ class ServeConfig:
     max_batch_samples: int = 256  # samples per forward pass; ~1 batch fills 2 CPU cores for a few ms
     max_delay_ms: float = 2.0  # longest a request waits for others to share its batch
     max_queue_samples: int = 4096  # beyond this, RESOURCE_EXHAUSTED at once instead of growing latency
-    max_queue_wait_ms: float = 1000.0  # also refuse when the queue holds more than this much scoring; 0: off
+    max_queue_wait_ms: float = 5000.0  # also refuse when the queue holds more than this much scoring; 0: off.
+    # 1000 refused most of 8 clients x 64 samples on 2 CPU cores (bench_serve.py (d)); set it to the latency target
     max_request_samples: int = 4096  # largest single request
     max_message_bytes: int = 64 * 1024 * 1024  # gRPC receive/send limit
     batching: bool = True  # off: one request per forward pass (benchmark baseline)
