@@ -50,12 +50,13 @@ class LatentDensity:
             counts, edges[d] = np.histogram(coords[:, d], bins=bins)
             density[d] = counts / max(counts.sum(), 1)
         raw = cls(edges, density, alpha, combine, 0.0, np.inf, center, transform)
-        log_w = raw._raw_log_weights(mus)
-        log_w = log_w - (np.logaddexp.reduce(log_w) - np.log(len(log_w)))  # uncapped, mean weight 1
+        raw_log_w = raw._raw_log_weights(mus)
+        mean_log = float(np.logaddexp.reduce(raw_log_w) - np.log(len(raw_log_w)))
+        log_w = raw_log_w - mean_log  # uncapped, mean weight 1
         log_cap = float(np.log(max_ratio))
         shift = _cap_shift(log_w, log_cap)
         flag = float(np.quantile(log_w - shift, 1.0 - rare_fraction))
-        log_normalizer = float(np.logaddexp.reduce(raw._raw_log_weights(mus)) - np.log(len(mus))) + shift
+        log_normalizer = mean_log + shift
         return cls(edges, density, alpha, combine, log_normalizer, flag, center, transform, log_cap)
 
     def _raw_log_weights(self, mus: np.ndarray) -> np.ndarray:

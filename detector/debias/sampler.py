@@ -35,4 +35,3 @@ def debias_weights_fn(data: torch.Tensor, device: torch.device, debias: DebiasCo
         return torch.from_numpy(fit_density(mus, debias).weights(mus).astype(np.float64))
 
     return weights
-
