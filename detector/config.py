@@ -63,7 +63,7 @@ class DebiasConfig:
     rare_fraction: float = 0.05  # flag samples whose latent region is among the rarest 5% of training
     whiten: bool = True  # histograms along whitened principal axes of the latent means: a class cut to 2%
     # got 0.16x the others' mean weight along raw axes, ~3x along whitened ones (bench_debias.py)
-    max_draw_ratio: float = 10.0  # no weight above 10x the average (reported and drawn); an uncapped product
+    max_draw_ratio: float = 50.0  # no weight above 50x the average (reported and drawn); an uncapped product
     # over 16 dimensions drew a handful of samples over and over and training diverged (bench_debias.py)
 
 
