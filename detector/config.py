@@ -62,9 +62,10 @@ class DebiasConfig:
     combine: str = "product"  # "product" (the paper, in log space) or "max" (the MIT lab's variant)
     rare_fraction: float = 0.05  # flag samples whose latent region is among the rarest 5% of training
     whiten: bool = True  # histograms along whitened principal axes of the latent means: a class cut to 2%
-    # got 0.16x the others' mean weight along raw axes, ~3x along whitened ones (bench_debias.py)
-    max_draw_ratio: float = 50.0  # no weight above 50x the average (reported and drawn); an uncapped product
-    # over 16 dimensions drew a handful of samples over and over and training diverged (bench_debias.py)
+    # got 0.16x the others' mean weight along raw axes, 2-4x along whitened ones (bench_debias.py)
+    max_draw_ratio: float = 50.0  # no weight above 50x the average (reported and drawn). Uncapped, a product over
+    # 16 dimensions drew a handful of samples over and over and training diverged; a cap of 10 cannot undo a class
+    # cut to 2% (it needs ~50x): its weight ratio was 2.00 at 10, 2.95 at 50 with one model (bench_debias.py)
 
 
 @dataclass
