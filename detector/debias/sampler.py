@@ -12,6 +12,7 @@ from detector.config import DebiasConfig
 from detector.debias.density import LatentDensity
 from detector.model.vae import VAE
 from detector.data.batches import sequential_batches
+from detector.training.distributed import DistContext
 
 
 def latent_means_of(model: VAE, data: torch.Tensor, device: torch.device, batch_size: int = 1024) -> np.ndarray:
@@ -28,10 +29,14 @@ def fit_density(mus: np.ndarray, debias: DebiasConfig) -> LatentDensity:
                              debias.max_draw_ratio)
 
 
-def debias_weights_fn(data: torch.Tensor, device: torch.device, debias: DebiasConfig) -> Callable[[VAE], torch.Tensor]:
-    """Each call: the current encoder's latent means -> a fresh density -> this epoch's draw weights."""
-    def weights(model: VAE) -> torch.Tensor:
-        mus = latent_means_of(model, data, device)
+def debias_weights_fn(data: torch.Tensor, debias: DebiasConfig) -> Callable[[VAE, DistContext], torch.Tensor]:
+    """Each call: the current encoder's latent means -> a fresh density -> this epoch's draw weights, for
+    every row of ``data``. Under torchrun each rank encodes every world-th row and the means are gathered:
+    the density is global, the encoding work is split."""
+    def weights(model: VAE, dist: DistContext) -> torch.Tensor:
+        device = next(model.parameters()).device
+        local = torch.from_numpy(latent_means_of(model, dist.stride(data), device)).to(device)
+        mus = dist.gather_strided(local, data.shape[0]).cpu().numpy()
         return torch.from_numpy(fit_density(mus, debias).weights(mus).astype(np.float64))
 
     return weights

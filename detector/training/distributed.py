@@ -44,6 +44,26 @@ class DistContext:
         per_rank = data.shape[0] // self.world
         return data[self.rank :: self.world][:per_rank]
 
+    def stride(self, data: torch.Tensor) -> torch.Tensor:
+        """This rank's rows of a set every rank holds: rank, rank + world, ... (all of them, unlike shard)."""
+        return data[self.rank :: self.world] if self.enabled else data
+
+    def gather_strided(self, local: torch.Tensor, n: int) -> torch.Tensor:
+        """Every rank's ``stride`` rows of an ``n``-row set, put back in the set's order, on every rank."""
+        if not self.enabled:
+            return local
+        import torch.distributed as dist
+
+        longest = -(-n // self.world)
+        padded = local.new_zeros((longest, *local.shape[1:]))
+        padded[: local.shape[0]] = local
+        parts = [torch.empty_like(padded) for _ in range(self.world)]
+        dist.all_gather(parts, padded)
+        out = local.new_empty((n, *local.shape[1:]))
+        for rank, part in enumerate(parts):
+            out[rank :: self.world] = part[: len(range(rank, n, self.world))]
+        return out
+
     def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
         if not self.enabled:
             return model

@@ -127,7 +127,7 @@ def train_bundle(samples: SampleSet, settings: Settings, out: Path, resume: bool
     setup = (lambda m: _vector_normalization(m, train_data)) if samples.kind == "vector" else None
     weights_fn = None
     if tcfg.debias:
-        weights_fn = debias_weights_fn(train_data, device, settings.debias)
+        weights_fn = debias_weights_fn(train_data, settings.debias)
     data_fingerprint = fingerprint(samples)
     model, history = train_vae(model_cfg, tcfg, train_data, val_data, device, checkpoint_dir(out), resume,
                                data_fingerprint, progress, weights_fn, setup)

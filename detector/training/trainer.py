@@ -72,7 +72,7 @@ def train_vae(
     resume: bool = False,
     fingerprint: str = "",
     progress: bool = True,
-    sample_weights: Callable[[VAE], torch.Tensor] | None = None,
+    sample_weights: Callable[[VAE, DistContext], torch.Tensor] | None = None,
     setup: Callable[[VAE], None] | None = None,
 ) -> tuple[VAE, History]:
     """Fit a VAE; returns the best model by validation loss (restored) and the history.
@@ -122,7 +122,7 @@ def train_vae(
         if stale >= cfg.patience:
             break
         t0 = time.perf_counter()
-        weights = sample_weights(model) if sample_weights is not None else None
+        weights = sample_weights(model, dist) if sample_weights is not None else None
         bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress or not dist.is_main,
                    leave=False, unit="batch")
         running = 0.0
