@@ -27,6 +27,7 @@ class ScoringService:
         self.metrics = metrics
         self.cfg = cfg
         self.ready = False
+        self.last_refused = 0.0  # time.monotonic() of the last request refused as not ready
         wait = cfg.max_queue_wait_ms / 1000 if cfg.max_queue_wait_ms else None
         self.batcher = DynamicBatcher(score_batch, ScoreResult.split, cfg.max_batch_samples, cfg.max_delay_ms / 1000,
                                       cfg.max_queue_samples, observer=metrics, enabled=cfg.batching,
@@ -99,7 +100,8 @@ class ScoringService:
     async def score(self, samples: np.ndarray, n_ids: int = 0, deadline: float | None = None) -> tuple[str, ScoreResult]:
         """Score one request's samples; ``deadline`` is a time.monotonic() value."""
         if not self.ready:
-            raise ModelNotReady("model is loading; retry shortly")
+            self.last_refused = time.monotonic()
+            raise ModelNotReady("model not ready (loading, or the server is shutting down); retry shortly")
         self.check(samples, n_ids)
         scorer = self.scorer  # the model this request is admitted under, even if a reload follows
         result: ScoreResult = await self.batcher.submit(samples, deadline, model=scorer)

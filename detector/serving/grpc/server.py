@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from detector.serving.service import ScoringService
 from detector.v1 import detector_pb2
 
 log = logging.getLogger("detector.serve")
+REFUSAL_QUIET_S = 0.25  # on shutdown, close the listener once no request was refused for this long
 SERVICE_NAME = detector_pb2.DESCRIPTOR.services_by_name["Detector"].full_name  # "detector.v1.Detector"
 
 
@@ -43,10 +45,19 @@ class RunningServer:
             await self.health.set(name, status)
 
     async def stop(self, grace: float) -> None:
-        """NOT_SERVING first (load balancers stop sending), then let in-flight calls finish."""
+        """NOT_SERVING first (load balancers stop sending); requests that still arrive are answered
+        UNAVAILABLE by the service until none came for REFUSAL_QUIET_S (within the grace), then the
+        listener closes and in-flight calls finish. Closing the listener at once can answer CANCELLED, a
+        code clients do not retry, to calls gRPC had received but not yet handed to a handler
+        (grpc/grpc#41785; seen once in this project's CI under load)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
         await self.set_serving(False)
         self.service.ready = False
-        await self.server.stop(grace)
+        closed = time.monotonic()
+        while loop.time() < deadline and time.monotonic() - max(closed, self.service.last_refused) < REFUSAL_QUIET_S:
+            await asyncio.sleep(REFUSAL_QUIET_S / 5)
+        await self.server.stop(max(0.0, deadline - loop.time()))
         await self.service.drain()
         if self._http is not None:
             self._http.shutdown()
