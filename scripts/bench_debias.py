@@ -44,6 +44,11 @@ def biased_indices(y: np.ndarray, minority: int, share: float, seed: int) -> np.
     return keep
 
 
+def weight_ratio(weights: np.ndarray, is_min: np.ndarray) -> float:
+    """The minority's mean resample weight over the other samples'."""
+    return float(weights[is_min].mean() / weights[~is_min].mean())
+
+
 def cap_sweep(mus: np.ndarray, is_min: np.ndarray, caps=(10, 20, 50, 100, 200)) -> dict[str, dict[str, float]]:
     """The minority's weight ratio and the draws' effective sample size for several caps (max_draw_ratio)."""
     from detector.config import DebiasConfig
@@ -52,7 +57,7 @@ def cap_sweep(mus: np.ndarray, is_min: np.ndarray, caps=(10, 20, 50, 100, 200)) 
     out = {}
     for cap in caps:
         w = fit_density(mus, DebiasConfig(max_draw_ratio=cap)).weights(mus).astype(np.float64)
-        out[str(cap)] = {"weight_ratio": float(w[is_min].mean() / w[~is_min].mean()),
+        out[str(cap)] = {"weight_ratio": weight_ratio(w, is_min),
                          "effective_sample_share": float(w.sum() ** 2 / (w ** 2).sum() / len(w))}
     return out
 
@@ -73,8 +78,7 @@ def every_class(bundle: Path, share: float, seed: int, out: Path) -> None:
         m, is_min = mus[keep], y[keep] == k
         row = {}
         for axes, whiten in (("raw axes", False), ("whitened axes", True)):
-            w = fit_density(m, DebiasConfig(whiten=whiten)).weights(m)
-            row[axes] = float(w[is_min].mean() / w[~is_min].mean())
+            row[axes] = weight_ratio(fit_density(m, DebiasConfig(whiten=whiten)).weights(m), is_min)
         result["classes"][name] = row
         print(f"{k} {name}: {row}", flush=True)
     ratios = np.array([[r["raw axes"], r["whitened axes"]] for r in result["classes"].values()])

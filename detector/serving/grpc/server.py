@@ -50,14 +50,13 @@ class RunningServer:
         listener closes and in-flight calls finish. Closing the listener at once can answer CANCELLED, a
         code clients do not retry, to calls gRPC had received but not yet handed to a handler
         (grpc/grpc#41785; seen once in this project's CI under load)."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + grace
+        closed = time.monotonic()
+        deadline = closed + grace
         await self.set_serving(False)
         self.service.ready = False
-        closed = time.monotonic()
-        while loop.time() < deadline and time.monotonic() - max(closed, self.service.last_refused) < REFUSAL_QUIET_S:
+        while (now := time.monotonic()) < deadline and now - max(closed, self.service.last_refused) < REFUSAL_QUIET_S:
             await asyncio.sleep(REFUSAL_QUIET_S / 5)
-        await self.server.stop(max(0.0, deadline - loop.time()))
+        await self.server.stop(max(0.0, deadline - time.monotonic()))
         await self.service.drain()
         if self._http is not None:
             self._http.shutdown()
