@@ -36,7 +36,7 @@ from detector.scoring.metrics import auroc  # noqa: E402
 from detector.scoring.scorer import Scorer  # noqa: E402
 from detector.training.pipeline import train_bundle  # noqa: E402
 
-SHOWN = ("novelty", "neg_elbo", "iw_nll", "recon_error", "latent_distance", "complexity_corrected")
+SHOWN = ("novelty", "neg_elbo", "iw_nll", "recon_error", "latent_distance", "latent_knn", "complexity_corrected")
 
 
 def aurocs(normal, anomalous) -> dict[str, float]:

@@ -91,7 +91,7 @@ def scoring(bundle: Path, batch_size: int) -> dict[str, float]:
         rec = lambda: model.reconstruct(model.decode(model.encode(x)[0]))  # noqa: E731
         from detector.scoring.scores import raw_scores
 
-        allraw = lambda: raw_scores(model, x, eps, scorer.latent_mean, scorer.latent_precision, scorer.chunk)  # noqa: E731
+        allraw = lambda: raw_scores(model, x, eps, scorer.latent_reference, scorer.chunk)  # noqa: E731
         return {
             "latent_distance (encoder only)": rate(enc, batch_size),
             "recon_error (encoder + 1 decoder pass)": rate(rec, batch_size),

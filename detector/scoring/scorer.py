@@ -23,6 +23,7 @@ from detector.model.device import resolve_device
 from detector.model.vae import VAE
 from detector.scoring.calibration import ScoreCalibration, calibration_from_bundle
 from detector.scoring.complexity import complexity_bpd
+from detector.scoring.latent import LatentReference
 from detector.scoring.novelty import NoveltyFusion
 from detector.scoring.scores import fixed_noise, raw_scores
 
@@ -96,10 +97,7 @@ class Scorer:
         self.eps = fixed_noise(k, self.model_cfg.latent_dim, int(cfg["score"]["noise_seed"])).to(self.device)
         self.chunk = chunk or int(cfg["score"].get("iw_chunk", 4096))
         dens = bundle.density
-        z = self.model_cfg.latent_dim
-        self.latent_mean = torch.as_tensor(dens.get("latent_mean", np.zeros(z)), dtype=torch.float32, device=self.device)
-        self.latent_precision = torch.as_tensor(dens.get("latent_precision", np.eye(z)), dtype=torch.float32,
-                                                device=self.device)
+        self.latent_reference = LatentReference.from_arrays(dens, self.model_cfg.latent_dim, self.device)
         self.latent_density = LatentDensity.from_arrays(dens)
         cal = bundle.calibration
         self.fusion = NoveltyFusion.from_json(cal["fusion"]) if cal.get("fusion") else None
@@ -143,7 +141,7 @@ class Scorer:
         """Raw scores and latent means for a batch of stored-format samples (uint8 or float)."""
         x = self._to_device(batch)
         with torch.autocast("cuda", dtype=self.autocast_dtype or torch.float32, enabled=self.autocast_dtype is not None):
-            raw = raw_scores(self.model, x, self.eps, self.latent_mean, self.latent_precision, self.chunk)
+            raw = raw_scores(self.model, x, self.eps, self.latent_reference, self.chunk)
         mu = raw.pop("latent_mean_")
         scores = {k: v.cpu().numpy() for k, v in raw.items()}
         if self.kind == "image":

@@ -12,9 +12,11 @@ import math
 import torch
 
 from detector.model.vae import VAE, kl_divergence
+from detector.scoring.latent import LatentReference
 
 # Raw scores computed here; the primary novelty score is built from them in novelty.py.
-RAW_SCORES = ("neg_elbo", "neg_elbo_bpd", "iw_nll", "recon_error", "kl", "latent_distance")
+# latent_knn needs a bundle with a k-NN reference (all bundles written since it was added).
+RAW_SCORES = ("neg_elbo", "neg_elbo_bpd", "iw_nll", "recon_error", "kl", "latent_distance", "latent_knn")
 _LOG_2PI = math.log(2 * math.pi)
 
 
@@ -29,8 +31,7 @@ def raw_scores(
     model: VAE,
     x: torch.Tensor,
     eps: torch.Tensor,
-    latent_mean: torch.Tensor,
-    latent_precision: torch.Tensor,
+    reference: LatentReference,
     chunk: int = 4096,
 ) -> dict[str, torch.Tensor]:
     """Every raw score for a model-space batch ``x`` (B, ...), each (B,) float32.
@@ -39,7 +40,7 @@ def raw_scores(
     iw_nll: -log (1/K sum_k p(x,z_k)/q(z_k|x)), the importance-weighted bound (Burda 2016).
     recon_error: mean squared error of the decoder's reconstruction at the posterior mean.
     kl: KL(q(z|x) || N(0, I)).
-    latent_distance: squared Mahalanobis distance of the posterior mean from the training latents.
+    latent_distance, latent_knn: distances of the posterior mean from the training latents (latent.py).
     """
     mu, logvar = model.encode(x)  # (B, Z) each
     mu, logvar = mu.float(), logvar.float()
@@ -65,14 +66,12 @@ def raw_scores(
         expected_ll.append(ll.mean(dim=1))
         iw.append(torch.logsumexp(log_w, dim=1) - math.log(k))
     neg_elbo = -torch.cat(expected_ll) + kl
-    diff = mu - latent_mean
-    latent_distance = ((diff @ latent_precision) * diff).sum(dim=1)
     return {
         "neg_elbo": neg_elbo,
         "neg_elbo_bpd": neg_elbo / (model.input_dims * math.log(2)),
         "iw_nll": -torch.cat(iw),
         "recon_error": recon_error,
         "kl": kl,
-        "latent_distance": latent_distance,
+        **reference.distances(mu),
         "latent_mean_": mu,  # not a score: handed on for debiasing and audit plots
     }

@@ -20,7 +20,8 @@ from detector.model.bundle import Bundle, save_bundle
 from detector.model.device import resolve_device
 from detector.model.vae import VAE, resolve_model_config
 from detector.scoring.calibration import CalibrationWarning, calibrate_score, calibration_to_bundle
-from detector.scoring.novelty import NoveltyFusion, default_components
+from detector.scoring.latent import knn_reference
+from detector.scoring.novelty import NoveltyFusion, default_fusion
 from detector.scoring.scorer import PRIMARY, Scorer, calibrated_scores
 from detector.data.batches import load_tensor
 from detector.training.checkpoint import checkpoint_dir
@@ -64,12 +65,14 @@ def _vector_normalization(model: VAE, train: torch.Tensor) -> None:
 
 
 def fit_latent_density(model: VAE, data: torch.Tensor, device: torch.device, debias: DebiasConfig) -> dict:
-    """From the training set's encoder means: a Gaussian (the latent_distance score's reference)
-    and DB-VAE's per-dimension histograms (resampling weights)."""
+    """From the training set's encoder means: a Gaussian (latent_distance), the whitened means
+    themselves (latent_knn) and DB-VAE's per-dimension histograms (resampling weights)."""
     mus = torch.from_numpy(latent_means_of(model, data, device)).double()
     cov = torch.cov(mus.T) + 1e-6 * torch.eye(mus.shape[1], dtype=torch.float64)
     hist = fit_density(mus.numpy(), debias)
-    return {"latent_mean": mus.mean(0).numpy(), "latent_precision": torch.linalg.inv(cov).numpy(), **hist.to_arrays()}
+    mean, precision = mus.mean(0).numpy(), torch.linalg.inv(cov).numpy()
+    return {"latent_mean": mean, "latent_precision": precision,
+            "knn_reference": knn_reference(mus.numpy(), mean, precision), **hist.to_arrays()}
 
 
 def calibrate_bundle(bundle: Bundle, val: SampleSet, cal: SampleSet, target_fpr: float, device: str,
@@ -78,7 +81,9 @@ def calibrate_bundle(bundle: Bundle, val: SampleSet, cal: SampleSet, target_fpr:
     bundle.calibration = {}
     scorer = Scorer(bundle, device=device)
     raw_val = _raw(scorer, val, batch_size, progress, "standardising")
-    fusion = NoveltyFusion.fit(raw_val, default_components(scorer.kind))
+    components, combine = default_fusion(scorer.kind)
+    # A bundle written before latent_knn existed has no k-NN reference: fuse what it has.
+    fusion = NoveltyFusion.fit(raw_val, tuple(c for c in components if c.score in raw_val), combine)
     raw_cal = _raw(scorer, cal, batch_size, progress, "calibrating")
     raw_cal[PRIMARY] = fusion.apply(raw_cal)
     with warnings.catch_warnings(record=True) as caught:
@@ -145,8 +150,8 @@ def train_bundle(samples: SampleSet, settings: Settings, out: Path, resume: bool
                  "storage_dtype": "uint8" if samples.is_uint8 else "float32", "fingerprint": data_fingerprint,
                  "n_train": len(splits.train), "n_val": len(splits.val), "n_cal": len(splits.cal)},
         "debias": dataclasses.asdict(settings.debias),
-        "train": {**dataclasses.asdict(tcfg), "best_epoch": history.best_epoch, "val_loss": history.val_loss,
-                  "samples_per_second": history.samples_per_second},
+        "train": {**dataclasses.asdict(tcfg), "max_epochs": history.max_epochs, "best_epoch": history.best_epoch,
+                  "val_loss": history.val_loss, "samples_per_second": history.samples_per_second},
     }
     bundle = Bundle(config=config, weights={k: v.detach().cpu() for k, v in model.state_dict().items()},
                     density=density)

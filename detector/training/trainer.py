@@ -11,7 +11,7 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
-from detector.config import ModelConfig, TrainConfig
+from detector.config import ModelConfig, TrainConfig, resolve_epochs
 from detector.model.vae import VAE
 from detector.training.distributed import DistContext
 from detector.data.batches import sequential_batches, shuffled_batches
@@ -23,6 +23,7 @@ class History:
     train_loss: list[float] = field(default_factory=list)
     val_loss: list[float] = field(default_factory=list)
     best_epoch: int = -1
+    max_epochs: int = 0  # the epoch limit this run had (TrainConfig.epochs, resolved when auto)
     rank: int = 0  # torchrun rank that produced this history; only rank 0 writes the bundle
     samples_seen: int = 0
     seconds: float = 0.0
@@ -84,6 +85,7 @@ def train_vae(
 
     dist = DistContext.from_env(device)
     device = dist.device(device)
+    epochs = resolve_epochs(cfg, train_data.shape[0])  # from the global set: every rank runs the same epochs
     train_data = dist.shard(train_data)
     torch.manual_seed(cfg.seed)
     model = VAE(model_cfg).to(device)
@@ -94,7 +96,7 @@ def train_vae(
     # fell from 3.1% to 1.3%.
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, fused=True)
     generator = torch.Generator().manual_seed(cfg.seed)
-    history = History()
+    history = History(max_epochs=epochs)
     best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     best_loss, stale, start_epoch = math.inf, 0, 0
     meta = {"model": dataclasses.asdict(model_cfg), "train": {k: v for k, v in dataclasses.asdict(cfg).items()
@@ -118,12 +120,12 @@ def train_vae(
     batch_size = max(1, cfg.batch_size // dist.world)
     steps = max(1, train_data.shape[0] // batch_size)
     model.train()
-    for epoch in range(start_epoch, cfg.epochs):
+    for epoch in range(start_epoch, epochs):
         if stale >= cfg.patience:
             break
         t0 = time.perf_counter()
         weights = sample_weights(model, dist) if sample_weights is not None else None
-        bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress or not dist.is_main,
+        bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{epochs}", disable=not progress or not dist.is_main,
                    leave=False, unit="batch")
         running = 0.0
         if weights is not None and dist.enabled:

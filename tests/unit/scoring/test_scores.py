@@ -4,6 +4,7 @@ import torch
 
 from detector.config import ModelConfig
 from detector.model.vae import VAE, resolve_model_config
+from detector.scoring.latent import LatentReference
 from detector.scoring.scores import fixed_noise, raw_scores
 
 
@@ -14,12 +15,13 @@ def model():
 
 
 def scores(model, x, k=16, chunk=4096):
-    return raw_scores(model, x, fixed_noise(k, 3), torch.zeros(3), torch.eye(3), chunk)
+    reference = LatentReference(torch.zeros(3), torch.eye(3), torch.eye(3), torch.randn(40, 3, generator=torch.Generator().manual_seed(0)))
+    return raw_scores(model, x, fixed_noise(k, 3), reference, chunk)
 
 
 def test_one_value_per_sample_for_every_score(model):
     s = scores(model, torch.rand(5, 1, 12, 12))
-    for name in ("neg_elbo", "neg_elbo_bpd", "iw_nll", "recon_error", "kl", "latent_distance"):
+    for name in ("neg_elbo", "neg_elbo_bpd", "iw_nll", "recon_error", "kl", "latent_distance", "latent_knn"):
         assert s[name].shape == (5,) and torch.isfinite(s[name]).all(), name
 
 
@@ -27,7 +29,7 @@ def test_scores_do_not_depend_on_the_batch_a_sample_travels_in(model):
     x = torch.rand(7, 1, 12, 12)
     together = scores(model, x)
     alone = [scores(model, x[i : i + 1]) for i in range(7)]
-    for name in ("neg_elbo", "iw_nll", "recon_error", "latent_distance"):
+    for name in ("neg_elbo", "iw_nll", "recon_error", "latent_distance", "latent_knn"):
         torch.testing.assert_close(together[name], torch.cat([a[name] for a in alone]), rtol=1e-4, atol=1e-3)
 
 

@@ -1,0 +1,63 @@
+import numpy as np
+import pytest
+
+from detector.scoring.novelty import Component, NoveltyFusion, default_fusion
+
+
+def normal_raw(rng, n=2000):
+    return {"a": rng.normal(10.0, 2.0, n), "b": np.exp(rng.normal(0.0, 0.5, n))}
+
+
+COMPONENTS = (Component("a", two_sided=False, log=False), Component("b", two_sided=False, log=True))
+
+
+def test_standardised_components_put_the_normal_99th_percentile_near_2_33():
+    rng = np.random.default_rng(0)
+    fusion = NoveltyFusion.fit(normal_raw(rng), COMPONENTS, "sum")
+    z = fusion.standardized(normal_raw(rng, 20000))
+    for v in z.values():
+        assert abs(np.median(v)) < 0.05
+        assert abs(np.quantile(v, 0.99) - 2.3263) < 0.15
+
+
+def test_sum_adds_evidence_and_max_takes_the_largest():
+    rng = np.random.default_rng(1)
+    raw = normal_raw(rng)
+    summed, maxed = NoveltyFusion.fit(raw, COMPONENTS, "sum"), NoveltyFusion.fit(raw, COMPONENTS, "max")
+    sample = {"a": np.array([30.0, 10.0]), "b": np.array([np.exp(3.0), 1.0])}
+    z = np.stack(list(summed.standardized(sample).values()))
+    np.testing.assert_allclose(summed.apply(sample), z.sum(0), rtol=1e-6)
+    np.testing.assert_allclose(maxed.apply(sample), z.max(0), rtol=1e-6)
+    assert summed.apply(sample)[0] > summed.apply(sample)[1]
+
+
+def test_json_round_trip_and_the_pre_combine_layout_reads_as_max():
+    rng = np.random.default_rng(2)
+    fusion = NoveltyFusion.fit(normal_raw(rng), COMPONENTS, "sum")
+    again = NoveltyFusion.from_json(fusion.to_json())
+    sample = normal_raw(rng, 10)
+    np.testing.assert_array_equal(again.apply(sample), fusion.apply(sample))
+    old = NoveltyFusion.from_json(fusion.to_json()["components"])
+    assert old.combine == "max"
+
+
+def test_unknown_combine_is_refused():
+    with pytest.raises(ValueError, match="combine"):
+        NoveltyFusion([], "mean")
+
+
+def test_images_sum_three_components_vectors_keep_the_maximum():
+    components, combine = default_fusion("image")
+    assert combine == "sum" and [c.score for c in components] == ["complexity_corrected", "recon_error", "latent_knn"]
+    assert default_fusion("vector")[1] == "max"
+
+
+def test_a_rectified_component_never_counts_as_evidence_of_normality():
+    rng = np.random.default_rng(3)
+    rectified = (COMPONENTS[0], Component("b", two_sided=False, log=True, rectify=True))
+    fusion = NoveltyFusion.fit(normal_raw(rng), rectified, "sum")
+    # far above normal in "a", far below normal in "b" (a blank frame: simple and reconstructed perfectly)
+    sample = {"a": np.array([30.0]), "b": np.array([np.exp(-5.0)])}
+    z = fusion.standardized(sample)
+    assert z["b"][0] == 0.0 and fusion.apply(sample)[0] == pytest.approx(z["a"][0])
+    assert NoveltyFusion.from_json(fusion.to_json()).fits[1].component.rectify
