@@ -89,12 +89,15 @@ def scoring(bundle: Path, batch_size: int) -> dict[str, float]:
     with torch.inference_mode():
         enc = lambda: model.encode(x)  # noqa: E731
         rec = lambda: model.reconstruct(model.decode(model.encode(x)[0]))  # noqa: E731
+        knn = lambda: scorer.latent_reference.distances(model.encode(x)[0])  # noqa: E731
+        knn_points = len(scorer.latent_reference.points)
         from detector.scoring.scores import raw_scores
 
         allraw = lambda: raw_scores(model, x, eps, scorer.latent_reference, scorer.chunk)  # noqa: E731
         return {
             "latent_distance (encoder only)": rate(enc, batch_size),
             "recon_error (encoder + 1 decoder pass)": rate(rec, batch_size),
+            f"latent_knn (encoder + distances to {knn_points} training latents)": rate(knn, batch_size),
             f"neg_elbo / iw_nll / kl (encoder + {eps.shape[0] + 1} decoder passes)": rate(allraw, batch_size),
             "complexity (JPEG 2000, CPU)": rate(lambda: complexity_bpd(raw), batch_size, repeat=1),
             "novelty = full Scorer.score (every score, verdicts, p-values)": rate(lambda: scorer.score(raw), batch_size),
