@@ -2,7 +2,7 @@
 
 A likelihood (negative ELBO) alone ranks simpler inputs (digits, blank frames) as *more*
 normal than the training data (Nalisnick et al. 2019). For images the likelihood term is
-therefore the complexity-corrected one (Serra et al. 2020, see complexity.py), which
+therefore the complexity-corrected one (Serrà et al. 2020, see complexity.py), which
 catches both simpler and more complex inputs; reconstruction error and the distance to the
 nearest training latents add the in-domain signal (a garment of another class is
 reconstructed badly and encodes away from the training garments). Each component is
