@@ -73,11 +73,11 @@ def one_class(classes: list[int], work: Path) -> dict:
         t0 = time.perf_counter()
         out = work / f"class{c}"
         train_bundle(load_spec(f"fashion-mnist:train:classes={c}"), Settings(), out, progress=False)
-        result = Scorer.from_path(out).score_samples(test, progress=False)
+        scorer = Scorer.from_path(out)
+        scores = scorer.score_samples(test, progress=False).scores
         normal = labels == c
-        rows[c] = {k: auroc(result.scores[k][normal], result.scores[k][~normal]) for k in SHOWN}
-        scores = result.scores
-        rows[c]["fusions"] = variant_aurocs(Scorer.from_path(out).fusion, {k: v[normal] for k, v in scores.items()},
+        rows[c] = {k: auroc(scores[k][normal], scores[k][~normal]) for k in SHOWN}
+        rows[c]["fusions"] = variant_aurocs(scorer.fusion, {k: v[normal] for k, v in scores.items()},
                                             {k: v[~normal] for k, v in scores.items()})
         rows[c]["seconds"] = time.perf_counter() - t0
         print(f"class {c} ({FASHION_MNIST_CLASSES[c]}): " + ", ".join(f"{k} {rows[c][k]:.3f}" for k in SHOWN), flush=True)

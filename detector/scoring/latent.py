@@ -21,12 +21,17 @@ KNN_MAX_REFERENCE = 16_384  # training latents kept for the k-NN (1 MB at 16 dim
 _MAX_DISTANCES = 1 << 24  # query x reference distances held at once (64 MB of float32)
 
 
+def whitening(precision: np.ndarray) -> np.ndarray:
+    """(Z, Z) matrix W with (mu - mean) @ W whitened: the lower Cholesky factor of the precision. The stored
+    reference and the queries must be whitened by this one function, or their distances mean nothing."""
+    return np.linalg.cholesky(precision)
+
+
 def knn_reference(mus: np.ndarray, mean: np.ndarray, precision: np.ndarray, seed: int = 0) -> np.ndarray:
     """Whitened training latent means, a seeded subsample of ``KNN_MAX_REFERENCE`` rows at most: (N, Z) float32."""
     if len(mus) > KNN_MAX_REFERENCE:
         mus = mus[np.sort(np.random.default_rng(seed).choice(len(mus), KNN_MAX_REFERENCE, replace=False))]
-    whiten = np.linalg.cholesky(precision)
-    return ((mus - mean) @ whiten).astype(np.float32)
+    return ((mus - mean) @ whitening(precision)).astype(np.float32)
 
 
 @dataclass
@@ -44,7 +49,7 @@ class LatentReference:
         precision = np.asarray(density.get("latent_precision", np.eye(latent_dim)), dtype=np.float64)
         points = density.get("knn_reference")
         as_t = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.float32, device=device)  # noqa: E731
-        return cls(as_t(mean), as_t(precision), as_t(np.linalg.cholesky(precision)),
+        return cls(as_t(mean), as_t(precision), as_t(whitening(precision)),
                    None if points is None or len(points) < KNN_K else as_t(points))
 
     def distances(self, mu: torch.Tensor) -> dict[str, torch.Tensor]:
