@@ -38,7 +38,8 @@ from detector.scoring.novelty import NoveltyFusion  # noqa: E402
 from detector.scoring.scorer import Scorer  # noqa: E402
 from detector.training.pipeline import train_bundle  # noqa: E402
 
-SHOWN = ("novelty", "neg_elbo", "iw_nll", "recon_error", "latent_distance", "latent_knn", "complexity_corrected")
+SHOWN = ("novelty", "neg_elbo", "iw_nll", "recon_error", "latent_distance", "latent_knn", "transform_nll",
+         "complexity_corrected")
 
 
 def fusion_variants(fusion: NoveltyFusion) -> dict[str, NoveltyFusion]:
@@ -48,13 +49,15 @@ def fusion_variants(fusion: NoveltyFusion) -> dict[str, NoveltyFusion]:
                 for f in fusion.fits if keep is None or f.component.score in keep]
         return NoveltyFusion(fits, combine)
     every = {f.component.score for f in fusion.fits}
-    return {"sum, recon_error rectified (default)": variant("sum", {"recon_error"}),
+    default = {f.component.score for f in fusion.fits if f.component.rectify}
+    return {"sum, recon_error and transform_nll rectified (default)": variant("sum", default),
             "sum, none rectified": variant("sum", set()),
             "sum, all rectified": variant("sum", every),
-            "max of the three": variant("max", set()),
-            "sum without latent_knn": variant("sum", {"recon_error"}, every - {"latent_knn"}),
-            "max(complexity_corrected, recon_error) (before)": variant("max", set(),
-                                                                       {"complexity_corrected", "recon_error"})}
+            "max of the four": variant("max", set()),
+            "sum without transform_nll": variant("sum", default, every - {"transform_nll"}),
+            "sum without latent_knn": variant("sum", default, every - {"latent_knn"}),
+            "max(complexity_corrected, recon_error) (first release)": variant("max", set(),
+                                                                              {"complexity_corrected", "recon_error"})}
 
 
 def variant_aurocs(fusion: NoveltyFusion, normal: dict, anomalous: dict) -> dict[str, float]:

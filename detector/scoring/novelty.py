@@ -35,6 +35,8 @@ IMAGE_COMPONENTS = (
     # cancelled their complexity evidence (blank-frame AUROC 0.919 unrectified, 0.999 rectified).
     Component("recon_error", two_sided=False, log=True, rectify=True),
     Component("latent_knn", two_sided=False, log=True),
+    # Rectified like recon_error: only evidence above the normal median counts.
+    Component("transform_nll", two_sided=False, log=True, rectify=True),
 )
 VECTOR_COMPONENTS = (
     Component("neg_elbo", two_sided=False, log=False),

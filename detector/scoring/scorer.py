@@ -79,8 +79,7 @@ class Scorer:
                  precision: str = "fp32"):
         self.bundle = bundle
         cfg = bundle.config
-        self.model_cfg = ModelConfig(**{**cfg["model"], "input_shape": tuple(cfg["model"]["input_shape"]),
-                                        "hidden": tuple(cfg["model"]["hidden"])})
+        self.model_cfg = ModelConfig.from_json(cfg["model"])
         self.sample_shape = tuple(cfg["data"]["sample_shape"])
         self.kind = cfg["data"]["kind"]
         self.device = resolve_device(device)

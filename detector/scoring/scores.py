@@ -15,8 +15,10 @@ from detector.model.vae import VAE, kl_divergence
 from detector.scoring.latent import LatentReference
 
 # Raw scores computed here; the primary novelty score is built from them in novelty.py.
-# latent_knn needs a bundle with a k-NN reference (all bundles written since it was added).
-RAW_SCORES = ("neg_elbo", "neg_elbo_bpd", "iw_nll", "recon_error", "kl", "latent_distance", "latent_knn")
+# latent_knn needs a bundle with a k-NN reference, transform_nll a conv model with a transform head (all image
+# bundles written since each was added).
+RAW_SCORES = ("neg_elbo", "neg_elbo_bpd", "iw_nll", "recon_error", "kl", "latent_distance", "latent_knn",
+              "transform_nll")
 _LOG_2PI = math.log(2 * math.pi)
 
 
@@ -41,6 +43,7 @@ def raw_scores(
     recon_error: mean squared error of the decoder's reconstruction at the posterior mean.
     kl: KL(q(z|x) || N(0, I)).
     latent_distance, latent_knn: distances of the posterior mean from the training latents (latent.py).
+    transform_nll: how badly the transform head tells the image's rotations apart (VAE.transform_nll).
     """
     mu, logvar = model.encode(x)  # (B, Z) each
     mu, logvar = mu.float(), logvar.float()
@@ -73,5 +76,6 @@ def raw_scores(
         "recon_error": recon_error,
         "kl": kl,
         **reference.distances(mu),
+        **({"transform_nll": model.transform_nll(x)} if model.transform_head is not None else {}),
         "latent_mean_": mu,  # not a score: handed on for debiasing and audit plots
     }

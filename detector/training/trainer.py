@@ -43,9 +43,10 @@ def kl_weight(cfg: TrainConfig, epoch: int, step: int, steps_per_epoch: int) -> 
 
 def loss_per_sample(model: torch.nn.Module, x: torch.Tensor, eps: torch.Tensor,
                     beta: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(beta-weighted training loss, negative ELBO), each (B,). ``model`` is a VAE or its DDP wrapper."""
-    nll, kl = model(x, eps)
-    return nll + beta * kl, nll + kl
+    """(beta-weighted training loss, negative ELBO), each (B,). ``model`` is a VAE or its DDP wrapper.
+    The loss includes the transform head's, which reaches only the head's own weights."""
+    nll, kl, transform = model(x, eps)
+    return nll + beta * kl + transform, nll + kl
 
 
 @torch.inference_mode()

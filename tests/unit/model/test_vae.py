@@ -47,3 +47,34 @@ def test_mlp_vae_standardises_vectors_inside():
 
 def test_kl_is_zero_at_the_prior():
     assert kl_divergence(torch.zeros(2, 3), torch.zeros(2, 3)).tolist() == [0.0, 0.0]
+
+
+@pytest.mark.parametrize("shape", [(1, 6, 6), (3, 5, 7)])
+def test_transforms_are_distinct_shape_preserving_and_the_first_is_the_identity(shape):
+    from detector.model.vae import N_TRANSFORMS, apply_transform
+
+    x = torch.rand(2, *shape)
+    outs = [apply_transform(x, t) for t in range(N_TRANSFORMS)]
+    assert torch.equal(outs[0], x) and all(o.shape == x.shape for o in outs)
+    assert all(not torch.equal(outs[i], outs[j]) for i in range(N_TRANSFORMS) for j in range(i))
+
+
+def test_only_conv_vaes_carry_a_transform_head_and_its_loss_never_reaches_the_encoder():
+    mlp = VAE(resolve_model_config(ModelConfig(latent_dim=2, hidden=(8,)), "vector", (5,)))
+    assert mlp.transform_head is None and not mlp.cfg.transform_head
+    assert mlp(torch.rand(3, 5), torch.zeros(3, 2))[2].tolist() == [0.0, 0.0, 0.0]
+    model = VAE(resolve_model_config(ModelConfig(latent_dim=2, base_channels=4), "image", (1, 8, 8)))
+    nll, kl, transform = model(torch.rand(4, 1, 8, 8), torch.zeros(4, 2))
+    assert transform.shape == (4,) and (transform > 0).all()
+    transform.sum().backward()
+    assert all(p.grad is None for p in model.encoder.parameters())
+    assert all(p.grad is not None for p in model.transform_head.parameters())
+
+
+def test_bundles_written_before_the_transform_head_read_without_one():
+    from dataclasses import asdict
+
+    cfg = resolve_model_config(ModelConfig(latent_dim=2, base_channels=4), "image", (1, 8, 8))
+    stored = {k: v for k, v in asdict(cfg).items() if k != "transform_head"}
+    assert ModelConfig.from_json(stored).transform_head is False
+    assert ModelConfig.from_json(asdict(cfg)) == cfg

@@ -46,9 +46,10 @@ def test_unknown_combine_is_refused():
         NoveltyFusion([], "mean")
 
 
-def test_images_sum_three_components_vectors_keep_the_maximum():
+def test_images_sum_four_components_vectors_keep_the_maximum():
     components, combine = default_fusion("image")
-    assert combine == "sum" and [c.score for c in components] == ["complexity_corrected", "recon_error", "latent_knn"]
+    assert combine == "sum" and [c.score for c in components] == ["complexity_corrected", "recon_error", "latent_knn",
+                                                                  "transform_nll"]
     assert default_fusion("vector")[1] == "max"
 
 
