@@ -32,7 +32,7 @@ from benchlib import stamp  # noqa: E402
 
 from detector.config import ModelConfig, TrainConfig  # noqa: E402
 from detector.data import load_spec  # noqa: E402
-from detector.model.vae import VAE, resolve_model_config  # noqa: E402
+from detector.model.vae import N_TRANSFORMS, VAE, resolve_model_config  # noqa: E402
 from detector.scoring.complexity import complexity_bpd  # noqa: E402
 from detector.scoring.scorer import Scorer  # noqa: E402
 from detector.training.trainer import kl_weight, loss_per_sample  # noqa: E402
@@ -91,6 +91,7 @@ def scoring(bundle: Path, batch_size: int) -> dict[str, float]:
         rec = lambda: model.reconstruct(model.decode(model.encode(x)[0]))  # noqa: E731
         knn = lambda: scorer.latent_reference.distances(model.encode(x)[0])  # noqa: E731
         knn_points = len(scorer.latent_reference.points)
+        turn = lambda: model.transform_nll(x)  # noqa: E731
         from detector.scoring.scores import raw_scores
 
         allraw = lambda: raw_scores(model, x, eps, scorer.latent_reference, scorer.chunk)  # noqa: E731
@@ -98,7 +99,8 @@ def scoring(bundle: Path, batch_size: int) -> dict[str, float]:
             "latent_distance (encoder only)": rate(enc, batch_size),
             "recon_error (encoder + 1 decoder pass)": rate(rec, batch_size),
             f"latent_knn (encoder + distances to {knn_points} training latents)": rate(knn, batch_size),
-            f"neg_elbo / iw_nll / kl (encoder + {eps.shape[0] + 1} decoder passes)": rate(allraw, batch_size),
+            f"transform_nll ({N_TRANSFORMS} encoder passes + transform head)": rate(turn, batch_size),
+            f"every raw score (the above, {eps.shape[0] + 1} decoder passes for neg_elbo / iw_nll)": rate(allraw, batch_size),
             "complexity (JPEG 2000, CPU)": rate(lambda: complexity_bpd(raw), batch_size, repeat=1),
             "novelty = full Scorer.score (every score, verdicts, p-values)": rate(lambda: scorer.score(raw), batch_size),
         }
