@@ -208,8 +208,9 @@ def fuzz(args) -> dict:
                 print(f"valid request failed: {e.code().name} {e.details()}", file=sys.stderr)
                 return
             got = np.array([r.novelty_score for r in reply.results])
+            # Batching moves novelty by float32 rounding (~1e-4 on the tiny test bundle); a mixed-up sample, by units.
             if (reply.request_id != req.request_id or [r.sample_id for r in reply.results] != list(req.sample_ids)
-                    or not np.allclose(got, expected[idx], rtol=1e-4, atol=1e-4)):
+                    or not np.allclose(got, expected[idx], rtol=1e-3, atol=1e-3)):
                 stats["wrong_answer"] += 1
 
         @settings(max_examples=args.n, deadline=None, database=None, phases=[Phase.generate],

@@ -45,6 +45,29 @@ VECTOR_COMPONENTS = (
 
 
 COMBINES = ("sum", "max")
+# A transform head whose median loss on normal data is above this share of chance level (N log N nats for N
+# transformations) has learnt nothing to tell them apart by: images without an orientation (textures,
+# top-down views). Its score is then noise, and the fusion leaves it out.
+UNINFORMATIVE_SHARE = 0.9
+
+
+def usable_components(components: tuple[Component, ...], raw: dict[str, np.ndarray],
+                      transform_chance: float) -> tuple[tuple[Component, ...], list[str]]:
+    """The components ``raw`` (scores of held-out normal data) can support, and a note for each one left out:
+    scores the bundle does not have (written before they existed), and a transform head no better than chance."""
+    kept, notes = [], []
+    for c in components:
+        if c.score not in raw:
+            continue
+        if c.score == "transform_nll":
+            median = float(np.median(raw[c.score]))
+            if median > UNINFORMATIVE_SHARE * transform_chance:
+                notes.append(f"transform_nll left out of novelty: the transform head does no better than chance on "
+                             f"normal data (median {median:.2f} nats, chance {transform_chance:.2f}); the images may "
+                             "have no orientation")
+                continue
+        kept.append(c)
+    return tuple(kept), notes
 
 
 def default_fusion(kind: str) -> tuple[tuple[Component, ...], str]:

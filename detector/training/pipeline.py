@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import math
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,10 +19,10 @@ from detector.data.sampleset import SampleSet
 from detector.errors import DataError
 from detector.model.bundle import Bundle, save_bundle
 from detector.model.device import resolve_device
-from detector.model.vae import VAE, resolve_model_config
+from detector.model.vae import N_TRANSFORMS, VAE, resolve_model_config
 from detector.scoring.calibration import CalibrationWarning, calibrate_score, calibration_to_bundle
 from detector.scoring.latent import knn_reference
-from detector.scoring.novelty import NoveltyFusion, default_fusion
+from detector.scoring.novelty import NoveltyFusion, default_fusion, usable_components
 from detector.scoring.scorer import PRIMARY, Scorer, calibrated_scores
 from detector.data.batches import load_tensor
 from detector.training.checkpoint import checkpoint_dir
@@ -82,8 +83,8 @@ def calibrate_bundle(bundle: Bundle, val: SampleSet, cal: SampleSet, target_fpr:
     scorer = Scorer(bundle, device=device)
     raw_val = _raw(scorer, val, batch_size, progress, "standardising")
     components, combine = default_fusion(scorer.kind)
-    # A bundle written before latent_knn existed has no k-NN reference: fuse what it has.
-    fusion = NoveltyFusion.fit(raw_val, tuple(c for c in components if c.score in raw_val), combine)
+    components, notes = usable_components(components, raw_val, N_TRANSFORMS * math.log(N_TRANSFORMS))
+    fusion = NoveltyFusion.fit(raw_val, components, combine)
     raw_cal = _raw(scorer, cal, batch_size, progress, "calibrating")
     raw_cal[PRIMARY] = fusion.apply(raw_cal)
     with warnings.catch_warnings(record=True) as caught:
@@ -93,7 +94,7 @@ def calibrate_bundle(bundle: Bundle, val: SampleSet, cal: SampleSet, target_fpr:
     bundle.calibration = {"fusion": fusion.to_json(), "scores": meta, "target_fpr": target_fpr, "primary": PRIMARY,
                           "n_standardise": len(val), "n_calibrate": len(cal)}
     bundle.calibration_arrays = arrays
-    return [str(w.message) for w in caught]
+    return notes + [str(w.message) for w in caught]
 
 
 def _raw(scorer: Scorer, samples: SampleSet, batch_size: int, progress: bool, desc: str) -> dict[str, np.ndarray]:

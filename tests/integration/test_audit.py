@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from detector.data.synthetic import bars
+from tests.conftest import NOVELTY_TOLERANCE
 
 PY = sys.executable
 VENV_BIN = Path(sys.executable).parent
@@ -66,7 +67,7 @@ def test_outputs_rows_weights_summary(reference, bundle_path, audit_data):
     from detector.scoring.scorer import Scorer
 
     local = Scorer.from_path(bundle_path, device="cpu").score(load_spec(str(audit_data)).read(0, 50))
-    np.testing.assert_allclose(table["novelty"][:50], local.scores["novelty"], rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(table["novelty"][:50], local.scores["novelty"], **NOVELTY_TOLERANCE)
 
 
 def test_resume_after_sigkill_gives_identical_output(reference, bundle_path, audit_data, tmp_path):

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import tiny_settings  # noqa: F401  (keeps the settings in one place)
+from tests.conftest import NOVELTY_TOLERANCE, tiny_settings  # noqa: F401  (keeps the settings in one place)
 
 
 def detector(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
@@ -77,7 +77,7 @@ def test_score_csv_rows_match_in_process_scorer(trained, data_dir):
 
     result = Scorer.from_path(out, device="cpu").score_samples(load_spec(str(data_dir / "anomalous.npz")),
                                                               progress=False)
-    np.testing.assert_allclose([float(r["novelty"]) for r in rows], result.scores["novelty"], rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose([float(r["novelty"]) for r in rows], result.scores["novelty"], **NOVELTY_TOLERANCE)
     assert [r["is_novel_novelty"] == "1" for r in rows] == result.novel["novelty"].tolist()
 
 
@@ -176,3 +176,15 @@ def test_tampered_bundle_exit_2_naming_file(tmp_path, trained, data_dir):
     proc = detector("evaluate", "--model", str(copy), "--normal", str(data_dir / "normal_test.npz"),
                     "--anomalous", str(data_dir / "anomalous.npz"))
     assert proc.returncode == 2 and "model.safetensors" in proc.stderr
+
+
+def test_images_without_an_orientation_train_without_the_transform_component(tmp_path):
+    (tmp_path / "tiny.toml").write_text(TINY_TOML)
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "noise.npy", rng.integers(0, 256, (600, 1, 12, 12), dtype=np.uint8))  # no up, no down
+    proc = detector("train", "--data", str(tmp_path / "noise.npy"), "--out", str(tmp_path / "b"), "--config",
+                    str(tmp_path / "tiny.toml"), "--epochs", "3")
+    assert proc.returncode == 0, proc.stderr
+    assert "transform_nll left out of novelty" in proc.stderr and "Traceback" not in proc.stderr
+    fusion = json.loads((tmp_path / "b" / "calibration.json").read_text())["fusion"]
+    assert [c["score"] for c in fusion["components"]] == ["complexity_corrected", "recon_error", "latent_knn"]

@@ -20,7 +20,7 @@ from detector.serving.service import score_batch
 from detector.training.pipeline import train_bundle
 from detector.v1 import detector_pb2 as pb
 from detector.v1 import detector_pb2_grpc as pb_grpc
-from tests.conftest import tiny_settings
+from tests.conftest import NOVELTY_TOLERANCE, tiny_settings
 from tests.integration.serving_helpers import ServerThread
 
 
@@ -87,7 +87,7 @@ def test_out_of_memory_batches_are_scored_in_halves(scorer, monkeypatch):
     x = bars(11, size=16, seed=5)
     split = score_batch(scorer, x)
     monkeypatch.setattr(Scorer, "score_checked", original)
-    np.testing.assert_allclose(split.scores["novelty"], scorer.score(x).scores["novelty"], rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(split.scores["novelty"], scorer.score(x).scores["novelty"], **NOVELTY_TOLERANCE)
 
     with ServerThread(scorer, max_delay_ms=0) as s:
         monkeypatch.setattr(Scorer, "score_checked", small_device)
@@ -177,7 +177,7 @@ def test_reload_swaps_model_and_results_follow(scorer, other_bundle):
         reply = stub(s.target).Score(request(5, seed=9), timeout=10)
         assert reply.model_version == new.model_version
         np.testing.assert_allclose([r.novelty_score for r in reply.results],
-                                   new.score(bars(5, size=16, seed=9)).scores["novelty"], rtol=1e-4, atol=1e-4)
+                                   new.score(bars(5, size=16, seed=9)).scores["novelty"], **NOVELTY_TOLERANCE)
         info = stub(s.target).GetModelInfo(pb.ModelInfoRequest(), timeout=10)
         assert info.model_version == new.model_version
         assert s.metric("detector_model_reloads_total", outcome="loaded") == 1

@@ -16,6 +16,7 @@ import numpy as np
 
 from detector.client import DetectorClient
 from detector.data.synthetic import bars
+from tests.conftest import NOVELTY_TOLERANCE
 
 
 def start_serve(bundle, *extra):
@@ -75,8 +76,8 @@ def test_score_through_server_matches_in_process(bundle_path, data_dir, tmp_path
         assert remote.returncode == 0 and local.returncode == 0, remote.stderr + local.stderr
         r = list(csv.DictReader(open(tmp_path / "r.csv")))
         l_ = list(csv.DictReader(open(tmp_path / "l.csv")))
-        np.testing.assert_allclose([float(x["novelty"]) for x in r], [float(x["novelty"]) for x in l_], rtol=1e-4,
-                                   atol=1e-4)
+        np.testing.assert_allclose([float(x["novelty"]) for x in r], [float(x["novelty"]) for x in l_],
+                                   **NOVELTY_TOLERANCE)
         bad = run("--server", "127.0.0.1:1", "--data", str(data_dir / "anomalous.npz"), "--out", str(tmp_path / "x.csv"))
         assert bad.returncode == 2 and "UNAVAILABLE" in bad.stderr and "Traceback" not in bad.stderr
     finally:

@@ -16,6 +16,7 @@ from detector.data.synthetic import bars
 from detector.scoring.scorer import Scorer
 from detector.v1 import detector_pb2 as pb
 from detector.v1 import detector_pb2_grpc as pb_grpc
+from tests.conftest import NOVELTY_TOLERANCE
 from tests.integration.serving_helpers import ServerThread
 
 
@@ -55,7 +56,7 @@ def test_concurrent_clients_get_exactly_their_in_process_results(server, scorer)
         for x, ids, remote in run:
             local = scorer.score(x)
             assert list(remote.sample_id) == ids
-            np.testing.assert_allclose(remote.novelty_score, local.scores["novelty"], rtol=1e-4, atol=1e-4)
+            np.testing.assert_allclose(remote.novelty_score, local.scores["novelty"], **NOVELTY_TOLERANCE)
             np.testing.assert_allclose(remote.neg_elbo, local.scores["neg_elbo"], rtol=1e-4, atol=1e-3)
             np.testing.assert_allclose(remote.recon_error, local.scores["recon_error"], rtol=1e-4, atol=1e-6)
             np.testing.assert_allclose(remote.p_value, local.p_values["novelty"], atol=1e-6)
@@ -114,7 +115,7 @@ def test_float_and_float16_inputs_match_uint8(server, scorer):
         a = client.score(x)
         b = client.score(x.astype(np.float32) / 255)
         c = client.score((x.astype(np.float32) / 255).astype(np.float16))
-    np.testing.assert_allclose(a.novelty_score, b.novelty_score, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(a.novelty_score, b.novelty_score, **NOVELTY_TOLERANCE)
     np.testing.assert_allclose(a.novelty_score, c.novelty_score, rtol=0.05, atol=0.05)
 
 

@@ -62,3 +62,19 @@ def test_a_rectified_component_never_counts_as_evidence_of_normality():
     z = fusion.standardized(sample)
     assert z["b"][0] == 0.0 and fusion.apply(sample)[0] == pytest.approx(z["a"][0])
     assert NoveltyFusion.from_json(fusion.to_json()).fits[1].component.rectify
+
+
+def test_a_transform_head_no_better_than_chance_is_left_out_and_missing_scores_are_skipped():
+    from detector.scoring.novelty import usable_components
+
+    components, _ = default_fusion("image")
+    chance = 4 * np.log(4)
+    rng = np.random.default_rng(0)
+    raw = {"complexity_corrected": rng.normal(size=50), "recon_error": rng.uniform(0.1, 1, 50)}
+    learnt = {**raw, "transform_nll": rng.uniform(0.01, 0.5, 50)}  # turns told apart: kept
+    kept, notes = usable_components(components, learnt, chance)
+    assert [c.score for c in kept] == ["complexity_corrected", "recon_error", "transform_nll"] and notes == []
+    blind = {**raw, "transform_nll": rng.uniform(0.95, 1.0, 50) * chance}  # images without an orientation
+    kept, notes = usable_components(components, blind, chance)
+    assert [c.score for c in kept] == ["complexity_corrected", "recon_error"]
+    assert len(notes) == 1 and "no better than chance" in notes[0]
