@@ -40,7 +40,6 @@ class ConvEncoder(nn.Module):
         flat = width * sizes[-1][0] * sizes[-1][1]
         self.head = nn.Linear(flat, 2 * latent_dim)
         self.width = width
-
         self.flat = flat
 
     def trunk(self, x: torch.Tensor) -> torch.Tensor:
@@ -191,16 +190,15 @@ class VAE(nn.Module):
 
         The encoder's features are read without gradient: the head learns from them but never shapes
         them, so the VAE (and every other score) trains exactly as it would without the head."""
-        which = torch.arange(xn.shape[0], device=xn.device) % N_TRANSFORMS
         loss = torch.zeros(xn.shape[0], device=xn.device)
         for t in range(N_TRANSFORMS):
-            rows = (which == t).nonzero().squeeze(1)
+            rows = slice(t, None, N_TRANSFORMS)
             if t == 0:
                 h = features[rows]
             else:
                 with torch.no_grad():
                     h = self.encoder.trunk(apply_transform(xn[rows], t))
-            loss = loss.index_put((rows,), -torch.log_softmax(self.transform_head(h).float(), dim=1)[:, t])
+            loss[rows] = -torch.log_softmax(self.transform_head(h).float(), dim=1)[:, t]
         return loss
 
     def transform_nll(self, x: torch.Tensor) -> torch.Tensor:
