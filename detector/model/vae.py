@@ -55,6 +55,7 @@ class ConvEncoder(nn.Module):
 
 N_TRANSFORMS = 4
 TRANSFORM_HIDDEN = 256
+TRANSFORM_CHANCE_NATS = N_TRANSFORMS * math.log(N_TRANSFORMS)  # transform_nll of a head that only guesses
 
 
 def apply_transform(x: torch.Tensor, t: int) -> torch.Tensor:
@@ -198,8 +199,13 @@ class VAE(nn.Module):
             else:
                 with torch.no_grad():
                     h = self.encoder.trunk(apply_transform(xn[rows], t))
-            loss[rows] = -torch.log_softmax(self.transform_head(h).float(), dim=1)[:, t]
+            loss[rows] = self._head_nll(h, t)
         return loss
+
+    def _head_nll(self, features: torch.Tensor, t: int) -> torch.Tensor:
+        """-log p(transformation t | features of the transformed images), (B,): the head's loss in training and
+        each term of ``transform_nll`` in scoring."""
+        return -torch.log_softmax(self.transform_head(features).float(), dim=1)[:, t]
 
     def transform_nll(self, x: torch.Tensor) -> torch.Tensor:
         """Sum over the N_TRANSFORMS transformations t of -log p(t | features of t(x)), (B,), for model-space
@@ -209,8 +215,7 @@ class VAE(nn.Module):
         xn = self.normalize(x)
         total = torch.zeros(x.shape[0], device=x.device)
         for t in range(N_TRANSFORMS):
-            logits = self.transform_head(self.encoder.trunk(apply_transform(xn, t)))
-            total = total - torch.log_softmax(logits.float(), dim=1)[:, t]
+            total = total + self._head_nll(self.encoder.trunk(apply_transform(xn, t)), t)
         return total
 
     def log_likelihood(self, x: torch.Tensor, params: torch.Tensor) -> torch.Tensor:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import math
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +18,7 @@ from detector.data.sampleset import SampleSet
 from detector.errors import DataError
 from detector.model.bundle import Bundle, save_bundle
 from detector.model.device import resolve_device
-from detector.model.vae import N_TRANSFORMS, VAE, resolve_model_config
+from detector.model.vae import TRANSFORM_CHANCE_NATS, VAE, resolve_model_config
 from detector.scoring.calibration import CalibrationWarning, calibrate_score, calibration_to_bundle
 from detector.scoring.latent import knn_reference
 from detector.scoring.novelty import NoveltyFusion, default_fusion, usable_components
@@ -83,7 +82,7 @@ def calibrate_bundle(bundle: Bundle, val: SampleSet, cal: SampleSet, target_fpr:
     scorer = Scorer(bundle, device=device)
     raw_val = _raw(scorer, val, batch_size, progress, "standardising")
     components, combine = default_fusion(scorer.kind)
-    components, notes = usable_components(components, raw_val, N_TRANSFORMS * math.log(N_TRANSFORMS))
+    components, notes = usable_components(components, raw_val, TRANSFORM_CHANCE_NATS)
     fusion = NoveltyFusion.fit(raw_val, components, combine)
     raw_cal = _raw(scorer, cal, batch_size, progress, "calibrating")
     raw_cal[PRIMARY] = fusion.apply(raw_cal)
