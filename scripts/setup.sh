@@ -11,8 +11,11 @@ if [ "$MODE" = "--runtime" ]; then
     APT_PACKAGES=()
     EXTRAS=""
 else
-    # dataset-fashion-mnist: built-in data; chromium: report tests; prometheus: monitoring tests and promtool.
-    APT_PACKAGES=(dataset-fashion-mnist chromium prometheus)
+    # dataset-fashion-mnist: built-in data; chromium: report tests; prometheus: monitoring tests and promtool;
+    # handwriting and printed fonts: the far-OOD suite's handwriting and letters (detector/data/ood_suite.py).
+    APT_PACKAGES=(dataset-fashion-mnist chromium prometheus fonts-dejavu-core fonts-freefont-ttf fonts-urw-base35
+                  fonts-dkg-handwriting fonts-breip fonts-bwht fonts-humor-sans fonts-comic-neue fonts-femkeklaver
+                  fonts-kristi fonts-klee fonts-dancingscript)
     EXTRAS="[dev]"
 fi
 
