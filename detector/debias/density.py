@@ -19,6 +19,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch
+
+from detector.model.device import numpy_or_tensor
 
 COMBINES = ("product", "max")
 
@@ -59,24 +62,28 @@ class LatentDensity:
         log_normalizer = mean_log + shift
         return cls(edges, density, alpha, combine, log_normalizer, flag, center, transform, log_cap)
 
-    def _raw_log_weights(self, mus: np.ndarray) -> np.ndarray:
-        coords = mus if self.center is None else (mus - self.center) @ self.transform
-        per_dim = np.empty(coords.shape)
-        for d in range(coords.shape[1]):
-            # Outside the training range counts as the edge bin: rare, but not infinitely so.
-            idx = np.clip(np.searchsorted(self.edges[d], coords[:, d], side="right") - 1, 0, self.density.shape[1] - 1)
-            per_dim[:, d] = -np.log(self.density[d, idx] + self.alpha)
-        return per_dim.sum(axis=1) if self.combine == "product" else per_dim.max(axis=1)
+    @numpy_or_tensor
+    def _raw_log_weights(self, mus: torch.Tensor) -> torch.Tensor:
+        as_t = lambda a: torch.as_tensor(a, dtype=torch.float64, device=mus.device)  # noqa: E731
+        coords = mus if self.center is None else (mus - as_t(self.center)) @ as_t(self.transform)  # (N, Z)
+        # Outside the training range counts as the edge bin: rare, but not infinitely so.
+        idx = torch.searchsorted(as_t(self.edges).contiguous(), coords.T.contiguous(), right=True) - 1  # (Z, N)
+        idx = idx.clamp(0, self.density.shape[1] - 1)
+        per_dim = -torch.log(torch.gather(as_t(self.density), 1, idx) + self.alpha)  # (Z, N)
+        return per_dim.sum(dim=0) if self.combine == "product" else per_dim.max(dim=0).values
 
-    def log_weights(self, latent_means: np.ndarray) -> np.ndarray:
-        """Uncapped log weights: their order says how rare a latent region is."""
-        return self._raw_log_weights(np.asarray(latent_means, np.float64)) - self.log_normalizer
+    def log_weights(self, latent_means):
+        """Uncapped log weights: their order says how rare a latent region is. numpy or tensors (on any device)."""
+        return self._raw_log_weights(latent_means) - self.log_normalizer
 
-    def weights(self, latent_means: np.ndarray) -> np.ndarray:
-        """(N,) resampling weights, at most the cap; the training set averages 1."""
-        return np.exp(np.minimum(self.log_weights(latent_means), self.log_cap)).astype(np.float32)
+    def weights(self, latent_means):
+        """(N,) float32 resampling weights, at most the cap; the training set averages 1."""
+        log_w = self.log_weights(latent_means)
+        if isinstance(log_w, torch.Tensor):
+            return torch.exp(log_w.clamp_max(self.log_cap)).float()
+        return np.exp(np.minimum(log_w, self.log_cap)).astype(np.float32)
 
-    def flags(self, latent_means: np.ndarray) -> np.ndarray:
+    def flags(self, latent_means):
         return self.log_weights(latent_means) >= self.flag_log_weight
 
     def to_arrays(self) -> dict[str, np.ndarray]:

@@ -15,3 +15,19 @@ def resolve_device(name: str = "auto") -> torch.device:
     if name not in ("cpu", "cuda"):
         raise ConfigError(f"device must be auto, cpu or cuda, got '{name}'")
     return torch.device(name)
+
+
+def numpy_or_tensor(fn):
+    """Let a tensor function on float64 tensors also take numpy arrays (and then return numpy): one
+    implementation serves the scoring device and offline numpy callers."""
+    import functools
+
+    import numpy as np
+
+    @functools.wraps(fn)
+    def wrapper(self, values, *args, **kwargs):
+        if isinstance(values, torch.Tensor):
+            return fn(self, values.to(torch.float64), *args, **kwargs)
+        out = fn(self, torch.as_tensor(np.asarray(values), dtype=torch.float64), *args, **kwargs)
+        return out.numpy()
+    return wrapper

@@ -160,6 +160,15 @@ class VAE(nn.Module):
         """Posterior mean and log-variance for model-space inputs, (B, Z) each."""
         return self.encoder(self.normalize(x))
 
+    def encode_with_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """``encode``, plus a conv encoder's flattened features (None for vectors), which ``transform_nll``
+        reuses for the untransformed view."""
+        if self.cfg.kind != "conv":
+            return (*self.encode(x), None)
+        h = self.encoder.trunk(self.normalize(x))
+        mu, logvar = self.encoder.head(h).chunk(2, dim=1)
+        return mu, logvar, h
+
     @staticmethod
     def reparameterize(mu: torch.Tensor, logvar: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
         return mu + torch.exp(0.5 * logvar) * eps
@@ -207,15 +216,19 @@ class VAE(nn.Module):
         each term of ``transform_nll`` in scoring."""
         return -torch.log_softmax(self.transform_head(features).float(), dim=1)[:, t]
 
-    def transform_nll(self, x: torch.Tensor) -> torch.Tensor:
-        """Sum over the N_TRANSFORMS transformations t of -log p(t | features of t(x)), (B,), for model-space
-        images. A normal image's orientation is easy to tell; an unfamiliar one's is not (Golan & El-Yaniv 2018)."""
+    def transform_nll(self, x: torch.Tensor, features: torch.Tensor | None = None,
+                      views: int = N_TRANSFORMS) -> torch.Tensor:
+        """Sum over the first ``views`` transformations t of -log p(t | features of t(x)), (B,), for model-space
+        images. A normal image's orientation is easy to tell; an unfamiliar one's is not (Golan & El-Yaniv 2018).
+        ``features``: the encoder's features of x itself, when the caller has them (saves one encoder pass);
+        each further view costs one encoder pass."""
         if self.transform_head is None:
             raise ValueError("this model has no transform head")
         xn = self.normalize(x)
         total = torch.zeros(x.shape[0], device=x.device)
-        for t in range(N_TRANSFORMS):
-            total = total + self._head_nll(self.encoder.trunk(apply_transform(xn, t)), t)
+        for t in range(views):
+            h = features if t == 0 and features is not None else self.encoder.trunk(apply_transform(xn, t))
+            total = total + self._head_nll(h, t)
         return total
 
     def log_likelihood(self, x: torch.Tensor, params: torch.Tensor) -> torch.Tensor:

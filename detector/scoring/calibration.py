@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
+import torch
+
+from detector.model.device import numpy_or_tensor
 
 MIN_EXCEEDANCES = 10  # fewer calibration samples above the threshold than this: a noisy threshold
 
@@ -26,17 +29,24 @@ class ScoreCalibration:
     target_fpr: float
     threshold: float
     sorted_scores: np.ndarray  # (n,) ascending, float64
+    _sorted: dict = field(default_factory=dict, repr=False, compare=False)  # device -> tensor copy
 
     @property
     def n(self) -> int:
         return len(self.sorted_scores)
 
-    def p_values(self, scores: np.ndarray) -> np.ndarray:
-        at_or_above = self.n - np.searchsorted(self.sorted_scores, np.asarray(scores, np.float64), side="left")
-        return ((1 + at_or_above) / (self.n + 1)).astype(np.float32)
+    @numpy_or_tensor
+    def p_values(self, scores: torch.Tensor) -> torch.Tensor:
+        """Conformal p-values, float32; numpy or tensors (on any device)."""
+        ref = self._sorted.get(scores.device)
+        if ref is None:  # the sorted scores, moved to a device once
+            ref = self._sorted[scores.device] = torch.as_tensor(self.sorted_scores, dtype=torch.float64,
+                                                                  device=scores.device)
+        at_or_above = self.n - torch.searchsorted(ref, scores.contiguous(), right=False)
+        return ((1 + at_or_above) / (self.n + 1)).float()
 
-    def is_novel(self, scores: np.ndarray) -> np.ndarray:
-        return np.asarray(scores) > self.threshold
+    def is_novel(self, scores):
+        return scores > self.threshold
 
 
 def calibrate_score(name: str, scores: np.ndarray, target_fpr: float) -> ScoreCalibration:

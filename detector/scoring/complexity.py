@@ -3,7 +3,7 @@
 Serrà et al. (2020) correct a likelihood for how simple an input is: S(x) = -log2 p(x) / D
 - L(x), with L the code length of a generic lossless compressor. Two estimates of L:
 
-- ``predictive_code_bpd`` (default, on the scoring device, batched): the empirical entropy of the
+- ``residual_statistics`` (default, on the scoring device, batched): the empirical entropy of the
   residuals of LOCO-I's median edge predictor (the predictor of lossless JPEG-LS), per sample and
   channel: what an adaptive entropy coder of those residuals would spend, without its context
   modelling. A handful of tensor operations per batch.
@@ -35,17 +35,24 @@ def _med_residual(q: torch.Tensor) -> torch.Tensor:
     return q - pred
 
 
-def predictive_code_bpd(x: torch.Tensor) -> torch.Tensor:
-    """(B,) bits per dimension: the zeroth-order entropy of each channel's median-edge residuals, averaged
-    over channels, for model-space images ``x`` (B, C, H, W) in [0, 1]."""
+def residual_statistics(x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Three measures of how complex model-space images ``x`` (B, C, H, W) in [0, 1] are, from the residuals of
+    the median edge predictor on their 8-bit pixels, each (B,):
+
+    code_length: bits per dimension, the zeroth-order entropy of each channel's residuals, averaged over channels;
+    residual_log_magnitude: mean log2(1 + |residual|), the length of a universal code of each residual;
+    residual_magnitude: mean |residual| in pixel levels (0..255), how much is left after predicting.
+    """
     b, c = x.shape[:2]
-    q = torch.round(x.float() * 255.0)
-    idx = (_med_residual(q) + (_LEVELS - 1)).long().reshape(b * c, -1)  # (B*C, H*W) in 0..510
+    r = _med_residual(torch.round(x.float() * 255.0))
+    idx = (r + (_LEVELS - 1)).long().reshape(b * c, -1)  # (B*C, H*W) in 0..510
     counts = torch.zeros(b * c, 2 * _LEVELS - 1, device=x.device).scatter_add_(
         1, idx, torch.ones(idx.shape, device=x.device))
     p = counts / idx.shape[1]
     bits = -(p * torch.log2(p.clamp_min(1e-12))).sum(dim=1)  # (B*C,)
-    return bits.view(b, c).mean(dim=1)
+    magnitude = r.abs().flatten(1)
+    return {"code_length": bits.view(b, c).mean(dim=1), "residual_log_magnitude": torch.log2(1 + magnitude).mean(dim=1),
+            "residual_magnitude": magnitude.mean(dim=1)}
 
 
 def _code_bits(plane: np.ndarray) -> int:

@@ -20,23 +20,32 @@ from detector.debias.density import LatentDensity
 from detector.errors import ConfigError, InvalidInput, ModelNotReady
 from detector.model.bundle import Bundle, load_bundle
 from detector.model.device import resolve_device
-from detector.model.vae import VAE
+from detector.model.vae import N_TRANSFORMS, VAE
 from detector.scoring.calibration import ScoreCalibration, calibration_from_bundle
 from detector.scoring.complexity import complexity_bpd
 from detector.scoring.latent import LatentReference
 from detector.scoring.novelty import NoveltyFusion
-from detector.scoring.scores import fixed_noise, raw_scores
+from detector.scoring.scores import DIAGNOSTICS, fixed_noise, raw_scores
 
 PRIMARY = "novelty"
 # Reduced precision runs the networks under autocast; likelihoods and scores stay float32.
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-# Scores that get a threshold and p-values; neg_elbo_bpd is neg_elbo rescaled, kl and
-# complexity are diagnostics.
+# Scores that get a threshold and p-values (the diagnostics among them only when asked for); neg_elbo_bpd is
+# neg_elbo rescaled, the rest are diagnostics and the novelty score's statistics.
 CALIBRATED = ("novelty", "neg_elbo", "iw_nll", "recon_error", "latent_distance", "complexity_corrected")
 
 
 def calibrated_scores(kind: str) -> tuple[str, ...]:
     return CALIBRATED if kind == "image" else tuple(s for s in CALIBRATED if s != "complexity_corrected")
+
+
+def check_diagnostics(names) -> frozenset[str]:
+    """The asked-for diagnostics as a set, or InvalidInput naming the ones that exist."""
+    asked = frozenset(names)
+    unknown = sorted(asked - set(DIAGNOSTICS))
+    if unknown:
+        raise InvalidInput(f"unknown diagnostic {', '.join(map(repr, unknown))}: choose from {', '.join(DIAGNOSTICS)}")
+    return asked
 
 
 @dataclass
@@ -92,9 +101,17 @@ class Scorer:
         self.model = VAE(self.model_cfg)
         self.model.load_state_dict(bundle.weights)
         self.model.to(self.device).eval()
-        k = iw_samples or int(cfg["score"]["iw_samples"])
-        self.eps = fixed_noise(k, self.model_cfg.latent_dim, int(cfg["score"]["noise_seed"])).to(self.device)
-        self.chunk = chunk or int(cfg["score"].get("iw_chunk", 4096))
+        score_cfg = cfg["score"]
+        seed, latent_dim = int(score_cfg["noise_seed"]), self.model_cfg.latent_dim
+        k_iw = iw_samples or int(score_cfg["iw_samples"])
+        # Bundles written before the on-device score estimated the ELBO with the importance-sampling draws and
+        # computed every diagnostic by default: they keep doing so, and score as they did.
+        self.legacy = "elbo_samples" not in score_cfg
+        k_elbo = int(score_cfg.get("elbo_samples", k_iw))
+        self.eps = fixed_noise(k_elbo, latent_dim, seed).to(self.device)
+        self.iw_eps = self.eps if self.legacy and k_iw == k_elbo else fixed_noise(k_iw, latent_dim, seed).to(self.device)
+        self.chunk = chunk or int(score_cfg.get("iw_chunk", 4096))
+        self.transform_views = int(score_cfg.get("transform_views", N_TRANSFORMS))
         dens = bundle.density
         self.latent_reference = LatentReference.from_arrays(dens, self.model_cfg.latent_dim, self.device)
         self.latent_density = LatentDensity.from_arrays(dens)
@@ -136,52 +153,71 @@ class Scorer:
             return x.pin_memory().to(self.device, non_blocking=True)
         return x
 
-    def raw_scores(self, batch: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray]:
-        """Raw scores and latent means for a batch of stored-format samples (uint8 or float)."""
+    @property
+    def default_diagnostics(self) -> frozenset[str]:
+        """Diagnostics computed for every batch: none, but for bundles written before the on-device score."""
+        return frozenset(DIAGNOSTICS) if self.legacy else frozenset()
+
+    def _raw_tensors(self, batch: np.ndarray, diagnostics=()) -> dict[str, torch.Tensor]:
+        """Raw scores on the scoring device, and the latent means as "latent_mean_"."""
+        want = check_diagnostics(diagnostics) | self.default_diagnostics
         x = self._to_device(batch)
         with torch.autocast("cuda", dtype=self.autocast_dtype or torch.float32, enabled=self.autocast_dtype is not None):
-            raw = raw_scores(self.model, x, self.eps, self.latent_reference, self.chunk)
-        mu = raw.pop("latent_mean_")
-        scores = {k: v.cpu().numpy() for k, v in raw.items()}
-        if self.kind == "image":
-            scores["complexity"] = complexity_bpd(batch)
-            scores["complexity_corrected"] = scores["neg_elbo_bpd"] - scores["complexity"]
-        return scores, mu.cpu().numpy()
+            raw = raw_scores(self.model, x, self.eps, self.latent_reference, self.chunk,
+                             self.iw_eps if "iw_nll" in want else None, self.transform_views)
+        if self.kind == "image" and "complexity" in want:  # the CPU codec: only when asked for
+            raw["complexity"] = torch.from_numpy(complexity_bpd(batch)).to(self.device)
+            raw["complexity_corrected"] = raw["neg_elbo_bpd"] - raw["complexity"]
+        return raw
 
-    def score(self, batch: np.ndarray) -> ScoreResult:
-        """Every score, verdict and p-value for a batch, checked first."""
+    def raw_scores(self, batch: np.ndarray, diagnostics=()) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """Raw scores and latent means for a batch of stored-format samples (uint8 or float), with the named
+        ``diagnostics`` (``DIAGNOSTICS``) besides the default scores."""
+        raw = self._raw_tensors(batch, diagnostics)
+        mu = raw.pop("latent_mean_")
+        return {k: v.cpu().numpy() for k, v in raw.items()}, mu.cpu().numpy()
+
+    def score(self, batch: np.ndarray, diagnostics=()) -> ScoreResult:
+        """Every default score, verdict and p-value for a batch, checked first; ``diagnostics`` names the
+        costlier ones to add (``DIAGNOSTICS``)."""
         self.check_batch(batch)
         if batch.shape[0] == 0:
             raise InvalidInput("empty batch")
-        return self.score_checked(batch)
+        return self.score_checked(batch, diagnostics)
 
-    def score_checked(self, batch: np.ndarray) -> ScoreResult:
+    def score_checked(self, batch: np.ndarray, diagnostics=()) -> ScoreResult:
         """``score`` for a non-empty batch that already passed ``check_batch`` (the server checks each
-        request before batching, so the batch is not checked twice on the hot path)."""
+        request before batching, so the batch is not checked twice on the hot path). Everything is computed on
+        the scoring device; the results cross to the host once, at the end."""
         if self.fusion is None or not self.calibration:
             raise ModelNotReady("bundle is not calibrated: run 'detector calibrate'")
-        scores, mu = self.raw_scores(batch)
-        scores[PRIMARY] = self.fusion.apply(scores)
-        result = ScoreResult(scores=scores, latent_mean=mu)
-        if self.latent_density is not None:
-            result.resample_weight = self.latent_density.weights(mu)
-            result.resample = self.latent_density.flags(mu)
+        raw = self._raw_tensors(batch, diagnostics)
+        mu = raw.pop("latent_mean_")
+        raw[PRIMARY] = self.fusion.apply(raw)
+        p_values, novel, thresholds = {}, {}, {}
         for name, cal in self.calibration.items():
-            result.p_values[name] = cal.p_values(scores[name])
-            result.novel[name] = cal.is_novel(scores[name])
-            result.thresholds[name] = cal.threshold
-        return result
+            if name in raw:  # a diagnostic not asked for has no column
+                p_values[name], novel[name], thresholds[name] = cal.p_values(raw[name]), cal.is_novel(raw[name]), cal.threshold
+        weight = flag = None
+        if self.latent_density is not None:
+            weight, flag = self.latent_density.weights(mu), self.latent_density.flags(mu)
+        host = lambda d: {k: v.cpu().numpy() for k, v in d.items()}  # noqa: E731
+        return ScoreResult(scores=host(raw), p_values=host(p_values), novel=host(novel), thresholds=thresholds,
+                           latent_mean=mu.cpu().numpy(), resample_weight=None if weight is None else weight.cpu().numpy(),
+                           resample=None if flag is None else flag.cpu().numpy())
 
     def iter_results(self, samples: SampleSet, batch_size: int = 1024, progress: bool = True,
-                     desc: str = "scoring") -> Iterator[tuple[int, ScoreResult]]:
+                     desc: str = "scoring", diagnostics=()) -> Iterator[tuple[int, ScoreResult]]:
         with tqdm(total=len(samples), desc=desc, unit="sample", disable=not progress, leave=False) as bar:
             for start, raw in samples.chunks(batch_size):
-                yield start, self.score(raw)
+                yield start, self.score(raw, diagnostics)
                 bar.update(len(raw))
 
-    def score_samples(self, samples: SampleSet, batch_size: int = 1024, progress: bool = True) -> ScoreResult:
+    def score_samples(self, samples: SampleSet, batch_size: int = 1024, progress: bool = True,
+                      diagnostics=()) -> ScoreResult:
         self.check_compatible(samples)
-        return ScoreResult.concat([r for _, r in self.iter_results(samples, batch_size, progress)])
+        return ScoreResult.concat([r for _, r in self.iter_results(samples, batch_size, progress,
+                                                                    diagnostics=diagnostics)])
 
     def check_compatible(self, samples: SampleSet) -> None:
         if samples.sample_shape != self.sample_shape:

@@ -1,8 +1,12 @@
 """Per-sample score functions: pure functions of a model and a batch, batched on its device.
 
-Every stochastic estimate uses one fixed set of K standard-normal draws shared by all
-samples (common random numbers), so a sample's scores do not depend on which batch it
-travelled in: the server, the audit and the CLI give identical numbers.
+Every stochastic estimate uses one fixed set of standard-normal draws shared by all samples
+(common random numbers), so a sample's scores do not depend on which batch it travelled in:
+the server, the audit and the CLI give identical numbers.
+
+What the server returns by default costs one encoder pass, two decoder passes (at the posterior
+mean, and at the ELBO's draw) and tensor arithmetic; the costlier diagnostics are computed only when
+asked for by name (``DIAGNOSTICS``).
 """
 
 from __future__ import annotations
@@ -11,14 +15,13 @@ import math
 
 import torch
 
-from detector.model.vae import VAE, kl_divergence
+from detector.model.vae import N_TRANSFORMS, VAE, kl_divergence
+from detector.scoring.complexity import residual_statistics
 from detector.scoring.latent import LatentReference
 
-# Raw scores computed here; the primary novelty score is built from them in novelty.py.
-# latent_knn needs a bundle with a k-NN reference, transform_nll a conv model with a transform head (all image
-# bundles written since each was added).
-RAW_SCORES = ("neg_elbo", "neg_elbo_bpd", "iw_nll", "recon_error", "kl", "latent_distance", "latent_knn",
-              "transform_nll")
+# Asked for by name, never computed by default: iw_nll costs K decoder passes; complexity is a JPEG 2000 encode
+# per sample on the CPU (it and complexity_corrected are filled in by the Scorer, which holds the raw bytes).
+DIAGNOSTICS = ("iw_nll", "complexity")
 _LOG_2PI = math.log(2 * math.pi)
 
 
@@ -28,30 +31,10 @@ def fixed_noise(k: int, latent_dim: int, seed: int = 1234) -> torch.Tensor:
     return torch.randn(k, latent_dim, generator=g)  # (K, Z)
 
 
-@torch.inference_mode()
-def raw_scores(
-    model: VAE,
-    x: torch.Tensor,
-    eps: torch.Tensor,
-    reference: LatentReference,
-    chunk: int = 4096,
-) -> dict[str, torch.Tensor]:
-    """Every raw score for a model-space batch ``x`` (B, ...), each (B,) float32.
-
-    neg_elbo: -E_q[log p(x|z)] + KL(q||p), nats, K-sample Monte Carlo with analytic KL.
-    iw_nll: -log (1/K sum_k p(x,z_k)/q(z_k|x)), the importance-weighted bound (Burda 2016).
-    recon_error: mean squared error of the decoder's reconstruction at the posterior mean.
-    kl: KL(q(z|x) || N(0, I)).
-    latent_distance, latent_knn: distances of the posterior mean from the training latents (latent.py).
-    transform_nll: how badly the transform head tells the image's rotations apart (VAE.transform_nll).
-    """
-    mu, logvar = model.encode(x)  # (B, Z) each
-    mu, logvar = mu.float(), logvar.float()
-    params = model.decode(mu)
-    recon = model.reconstruct(params)
-    recon_error = (recon - x).pow(2).flatten(1).mean(dim=1)  # (B,)
-    kl = kl_divergence(mu, logvar)
-
+def _sampled_terms(model: VAE, x: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, eps: torch.Tensor,
+                   chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean log p(x|z_k) and the importance-weighted log p(x) estimate over the K draws z_k = mu + std * eps_k,
+    each (B,), evaluated ``chunk`` samples x K at a time."""
     k = eps.shape[0]
     std = torch.exp(0.5 * logvar)
     expected_ll, iw = [], []
@@ -65,17 +48,57 @@ def raw_scores(
         ll = model.log_likelihood(x_k, params_k).view(b, k)  # (b, K)
         log_pz = -0.5 * (z.pow(2) + _LOG_2PI).sum(-1)
         log_qz = -0.5 * (eps.pow(2)[None] + _LOG_2PI + logvar[sl, None, :]).sum(-1)
-        log_w = ll + log_pz - log_qz
         expected_ll.append(ll.mean(dim=1))
-        iw.append(torch.logsumexp(log_w, dim=1) - math.log(k))
-    neg_elbo = -torch.cat(expected_ll) + kl
-    return {
+        iw.append(torch.logsumexp(ll + log_pz - log_qz, dim=1) - math.log(k))
+    return torch.cat(expected_ll), torch.cat(iw)
+
+
+@torch.inference_mode()
+def raw_scores(
+    model: VAE,
+    x: torch.Tensor,
+    eps: torch.Tensor,
+    reference: LatentReference,
+    chunk: int = 4096,
+    iw_eps: torch.Tensor | None = None,
+    transform_views: int = N_TRANSFORMS,
+) -> dict[str, torch.Tensor]:
+    """Every raw score for a model-space batch ``x`` (B, ...), each (B,) float32.
+
+    neg_elbo: -E_q[log p(x|z)] + KL(q||p), nats: a Monte Carlo estimate over the K = len(eps) shared draws
+        (default 1), analytic KL.
+    recon_error: mean squared error of the decoder's reconstruction at the posterior mean.
+    kl: KL(q(z|x) || N(0, I)), the rate; posterior_log_var: sum of the posterior's log-variances.
+    latent_distance, latent_knn: distances of the posterior mean from the training latents (latent.py).
+    transform_nll: how badly the transform head tells the image's turns apart, over the first ``transform_views``
+        of them (VAE.transform_nll).
+    code_length, residual_log_magnitude, residual_magnitude (images): how complex the input is, from a predictive
+        lossless code of its pixels (complexity.py);
+    intensity_mean, intensity_std: the input's own mean and spread, in model space.
+    iw_nll (only with ``iw_eps``): -log (1/K sum_k p(x,z_k)/q(z_k|x)) over K = len(iw_eps) draws (Burda 2016).
+    """
+    mu, logvar, features = model.encode_with_features(x)  # (B, Z) each; conv features or None
+    mu, logvar = mu.float(), logvar.float()
+    recon = model.reconstruct(model.decode(mu))
+    expected_ll, iw = _sampled_terms(model, x, mu, logvar, eps, chunk)
+    kl = kl_divergence(mu, logvar)
+    neg_elbo = -expected_ll + kl
+    flat = x.float().flatten(1)
+    out = {
         "neg_elbo": neg_elbo,
         "neg_elbo_bpd": neg_elbo / (model.input_dims * math.log(2)),
-        "iw_nll": -torch.cat(iw),
-        "recon_error": recon_error,
+        "recon_error": (recon - x).pow(2).flatten(1).mean(dim=1),
         "kl": kl,
+        "posterior_log_var": logvar.sum(dim=1),
         **reference.distances(mu),
-        **({"transform_nll": model.transform_nll(x)} if model.transform_head is not None else {}),
+        "intensity_mean": flat.mean(dim=1),
+        "intensity_std": flat.std(dim=1),
         "latent_mean_": mu,  # not a score: handed on for debiasing and audit plots
     }
+    if model.cfg.kind == "conv":
+        out.update(residual_statistics(x))
+    if model.transform_head is not None:
+        out["transform_nll"] = model.transform_nll(x, features, transform_views)
+    if iw_eps is not None:  # the same draws as the ELBO's (bundles from before this split): computed once
+        out["iw_nll"] = -(iw if iw_eps is eps else _sampled_terms(model, x, mu, logvar, iw_eps, chunk)[1])
+    return out

@@ -12,7 +12,8 @@ import numpy as np
 import torch
 
 import detector
-from detector.config import DebiasConfig, ScoreConfig, Settings, validate_debias, validate_model, validate_train
+from detector.config import (DebiasConfig, ScoreConfig, Settings, validate_debias, validate_model, validate_score,
+                             validate_train)
 from detector.debias.sampler import debias_weights_fn, fit_density, latent_means_of
 from detector.data.sampleset import SampleSet
 from detector.errors import DataError
@@ -23,6 +24,7 @@ from detector.scoring.calibration import CalibrationWarning, calibrate_score, ca
 from detector.scoring.latent import knn_reference
 from detector.scoring.novelty import NoveltyFusion, default_fusion, usable_components
 from detector.scoring.scorer import PRIMARY, Scorer, calibrated_scores
+from detector.scoring.scores import DIAGNOSTICS
 from detector.data.batches import load_tensor
 from detector.training.checkpoint import checkpoint_dir
 from detector.training.trainer import History, train_vae
@@ -75,16 +77,26 @@ def fit_latent_density(model: VAE, data: torch.Tensor, device: torch.device, deb
             "knn_reference": knn_reference(mus.numpy(), mean, precision), **hist.to_arrays()}
 
 
+def score_settings(cfg: ScoreConfig) -> dict:
+    """The bundle's "score" section: how the Scorer computes each score."""
+    return {"elbo_samples": cfg.elbo_samples, "transform_views": cfg.transform_views, "iw_samples": cfg.iw_samples,
+            "iw_chunk": cfg.iw_chunk, "noise_seed": NOISE_SEED}
+
+
 def calibrate_bundle(bundle: Bundle, val: SampleSet, cal: SampleSet, target_fpr: float, device: str,
                      batch_size: int, progress: bool) -> list[str]:
-    """Fit the novelty fusion on ``val`` and thresholds on ``cal`` into ``bundle``; returns warnings."""
+    """Fit the novelty fusion on ``val`` and thresholds on ``cal`` into ``bundle``; returns warnings. A bundle
+    written before the on-device score gets the current score settings (and so the current novelty score)."""
     bundle.calibration = {}
+    if "elbo_samples" not in bundle.config["score"]:
+        bundle.config["score"] = {**score_settings(ScoreConfig()), "iw_chunk": bundle.config["score"]["iw_chunk"]}
     scorer = Scorer(bundle, device=device)
     raw_val = _raw(scorer, val, batch_size, progress, "standardising")
-    components, combine = default_fusion(scorer.kind)
+    components, combine, statistics = default_fusion(scorer.kind)
     components, notes = usable_components(components, raw_val, TRANSFORM_CHANCE_NATS)
-    fusion = NoveltyFusion.fit(raw_val, components, combine)
-    raw_cal = _raw(scorer, cal, batch_size, progress, "calibrating")
+    fusion = NoveltyFusion.fit(raw_val, components, combine, tuple(s for s in statistics if s.score in raw_val))
+    # Thresholds for the diagnostics too, so that a request asking for them gets p-values and verdicts.
+    raw_cal = _raw(scorer, cal, batch_size, progress, "calibrating", DIAGNOSTICS)
     raw_cal[PRIMARY] = fusion.apply(raw_cal)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", CalibrationWarning)
@@ -96,13 +108,14 @@ def calibrate_bundle(bundle: Bundle, val: SampleSet, cal: SampleSet, target_fpr:
     return notes + [str(w.message) for w in caught]
 
 
-def _raw(scorer: Scorer, samples: SampleSet, batch_size: int, progress: bool, desc: str) -> dict[str, np.ndarray]:
+def _raw(scorer: Scorer, samples: SampleSet, batch_size: int, progress: bool, desc: str,
+         diagnostics=()) -> dict[str, np.ndarray]:
     from tqdm.auto import tqdm
 
     parts = []
     with tqdm(total=len(samples), desc=desc, unit="sample", disable=not progress, leave=False) as bar:
         for _, raw in samples.chunks(batch_size):
-            parts.append(scorer.raw_scores(raw)[0])
+            parts.append(scorer.raw_scores(raw, diagnostics)[0])
             bar.update(len(raw))
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
@@ -121,6 +134,7 @@ def train_bundle(samples: SampleSet, settings: Settings, out: Path, resume: bool
     validate_train(settings.train)
     validate_model(settings.model)
     validate_debias(settings.debias)
+    validate_score(settings.score)
     tcfg = settings.train
     if tcfg.num_threads:
         torch.set_num_threads(tcfg.num_threads)
@@ -145,7 +159,7 @@ def train_bundle(samples: SampleSet, settings: Settings, out: Path, resume: bool
         "name": "vae",
         "detector_version": detector.__version__,
         "model": dataclasses.asdict(model_cfg),
-        "score": {"iw_samples": score_cfg.iw_samples, "iw_chunk": score_cfg.iw_chunk, "noise_seed": NOISE_SEED},
+        "score": score_settings(score_cfg),
         "data": {"kind": samples.kind, "name": samples.name, "sample_shape": list(samples.sample_shape),
                  "storage_dtype": "uint8" if samples.is_uint8 else "float32", "fingerprint": data_fingerprint,
                  "n_train": len(splits.train), "n_val": len(splits.val), "n_cal": len(splits.cal)},
