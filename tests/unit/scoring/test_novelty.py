@@ -1,7 +1,9 @@
 import numpy as np
 import pytest
 
-from detector.scoring.novelty import Component, NoveltyFusion, default_fusion
+import torch
+
+from detector.scoring.novelty import Component, NoveltyFusion, Statistic, default_fusion
 
 
 def normal_raw(rng, n=2000):
@@ -46,11 +48,47 @@ def test_unknown_combine_is_refused():
         NoveltyFusion([], "mean")
 
 
-def test_images_sum_four_components_vectors_keep_the_maximum():
-    components, combine = default_fusion("image")
-    assert combine == "sum" and [c.score for c in components] == ["complexity_corrected", "recon_error", "latent_knn",
-                                                                  "transform_nll"]
-    assert default_fusion("vector")[1] == "max"
+def test_images_sum_four_components_and_a_typicality_test_vectors_keep_the_maximum():
+    components, combine, statistics = default_fusion("image")
+    assert combine == "sum" and [c.score for c in components] == ["recon_error", "latent_knn", "transform_nll",
+                                                                  "posterior_log_var"]
+    assert {"neg_elbo_bpd", "code_length", "intensity_mean"} <= {s.score for s in statistics}
+    assert default_fusion("vector")[1:] == ("max", ())
+
+
+def typical_raw(rng, n=4000):
+    complexity = rng.normal(3.0, 0.5, n)
+    return {"neg_elbo_bpd": 0.8 * complexity + rng.normal(0, 0.05, n), "code_length": complexity,
+            "recon_error": np.exp(rng.normal(-4, 0.3, n))}
+
+
+STATISTICS = (Statistic("neg_elbo_bpd"), Statistic("code_length"), Statistic("recon_error", log_offset=1e-12))
+
+
+def test_typicality_flags_a_likelihood_too_high_for_the_input_complexity_and_stays_calibrated():
+    rng = np.random.default_rng(4)
+    fusion = NoveltyFusion.fit(typical_raw(rng), (), "sum", STATISTICS)
+    fresh = fusion.apply(typical_raw(rng, 20000))
+    assert abs(np.quantile(fresh, 0.99) - 2.3263) < 0.25 and 0.45 < np.mean(fresh == 0) < 0.55  # rectified at the median
+    # Each statistic alone is within the normal range; together they are not: a simple input that is too likely
+    # for how complex it is (the likelihood detectors' known failure), and the opposite.
+    odd = {"neg_elbo_bpd": np.array([1.6, 3.2]), "code_length": np.array([3.0, 3.0]),
+           "recon_error": np.exp(np.array([-4.0, -4.0]))}
+    assert (fusion.apply(odd) > 5).all()
+    again = NoveltyFusion.from_json(fusion.to_json())
+    np.testing.assert_allclose(again.apply(odd), fusion.apply(odd), rtol=1e-6)
+    assert again.needs == {"neg_elbo_bpd", "code_length", "recon_error"}
+
+
+def test_apply_runs_on_tensors_and_matches_numpy():
+    rng = np.random.default_rng(5)
+    raw = typical_raw(rng)
+    fusion = NoveltyFusion.fit(raw, (Component("recon_error", two_sided=False, log=True, rectify=True),), "sum",
+                               STATISTICS)
+    sample = typical_raw(rng, 50)
+    as_tensors = fusion.apply({k: torch.as_tensor(v, dtype=torch.float32) for k, v in sample.items()})
+    assert isinstance(as_tensors, torch.Tensor) and as_tensors.dtype == torch.float32
+    np.testing.assert_allclose(as_tensors.numpy(), fusion.apply(sample), rtol=1e-4, atol=1e-4)
 
 
 def test_a_rectified_component_never_counts_as_evidence_of_normality():
@@ -67,14 +105,14 @@ def test_a_rectified_component_never_counts_as_evidence_of_normality():
 def test_a_transform_head_no_better_than_chance_is_left_out_and_missing_scores_are_skipped():
     from detector.scoring.novelty import usable_components
 
-    components, _ = default_fusion("image")
+    components, _, _ = default_fusion("image")
     chance = 4 * np.log(4)
     rng = np.random.default_rng(0)
-    raw = {"complexity_corrected": rng.normal(size=50), "recon_error": rng.uniform(0.1, 1, 50)}
+    raw = {"latent_knn": rng.uniform(0.1, 1, 50), "recon_error": rng.uniform(0.1, 1, 50)}
     learnt = {**raw, "transform_nll": rng.uniform(0.01, 0.5, 50)}  # turns told apart: kept
     kept, notes = usable_components(components, learnt, chance)
-    assert [c.score for c in kept] == ["complexity_corrected", "recon_error", "transform_nll"] and notes == []
+    assert [c.score for c in kept] == ["recon_error", "latent_knn", "transform_nll"] and notes == []
     blind = {**raw, "transform_nll": rng.uniform(0.95, 1.0, 50) * chance}  # images without an orientation
     kept, notes = usable_components(components, blind, chance)
-    assert [c.score for c in kept] == ["complexity_corrected", "recon_error"]
+    assert [c.score for c in kept] == ["recon_error", "latent_knn"]
     assert len(notes) == 1 and "no better than chance" in notes[0]

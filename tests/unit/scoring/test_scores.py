@@ -14,15 +14,31 @@ def model():
     return VAE(resolve_model_config(ModelConfig(latent_dim=3, base_channels=4), "image", (1, 12, 12))).eval()
 
 
-def scores(model, x, k=16, chunk=4096):
+def scores(model, x, k=16, chunk=4096, views=4):
     reference = LatentReference(torch.zeros(3), torch.eye(3), torch.eye(3), torch.randn(40, 3, generator=torch.Generator().manual_seed(0)))
-    return raw_scores(model, x, fixed_noise(k, 3), reference, chunk)
+    eps = fixed_noise(k, 3)
+    return raw_scores(model, x, eps, reference, chunk, iw_eps=eps, transform_views=views)
+
+
+def test_iw_nll_only_when_asked_for(model):
+    reference = LatentReference(torch.zeros(3), torch.eye(3), torch.eye(3), None)
+    s = raw_scores(model, torch.rand(4, 1, 12, 12), fixed_noise(1, 3), reference)
+    assert "iw_nll" not in s and s["neg_elbo"].shape == (4,)
+    again = raw_scores(model, torch.rand(4, 1, 12, 12), fixed_noise(1, 3), reference, iw_eps=fixed_noise(8, 3))
+    assert again["iw_nll"].shape == (4,)
+
+
+def test_transform_views_sum_the_first_turns(model):
+    x = torch.rand(6, 1, 12, 12)
+    one, two, four = (scores(model, x, views=v)["transform_nll"] for v in (1, 2, 4))
+    assert (one < two).all() and (two < four).all()
 
 
 def test_one_value_per_sample_for_every_score(model):
     s = scores(model, torch.rand(5, 1, 12, 12))
     for name in ("neg_elbo", "neg_elbo_bpd", "iw_nll", "recon_error", "kl", "latent_distance", "latent_knn",
-                 "transform_nll"):
+                 "transform_nll", "posterior_log_var", "code_length", "residual_log_magnitude", "residual_magnitude",
+                 "intensity_mean", "intensity_std"):
         assert s[name].shape == (5,) and torch.isfinite(s[name]).all(), name
 
 
@@ -30,7 +46,8 @@ def test_scores_do_not_depend_on_the_batch_a_sample_travels_in(model):
     x = torch.rand(7, 1, 12, 12)
     together = scores(model, x)
     alone = [scores(model, x[i : i + 1]) for i in range(7)]
-    for name in ("neg_elbo", "iw_nll", "recon_error", "latent_distance", "latent_knn", "transform_nll"):
+    for name in ("neg_elbo", "iw_nll", "recon_error", "latent_distance", "latent_knn", "transform_nll",
+                 "posterior_log_var", "code_length", "residual_log_magnitude", "residual_magnitude"):
         torch.testing.assert_close(together[name], torch.cat([a[name] for a in alone]), rtol=1e-4, atol=1e-3)
 
 
