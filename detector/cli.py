@@ -74,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, metavar="SPEC")
     p.add_argument("--out", required=True, type=Path, metavar="FILE", help=".csv or .parquet")
     p.add_argument("--batch-size", type=_positive_int, default=1024)
+    _add_diagnostics(p)
     p.add_argument("--tls-ca", metavar="PEM", help="with --server: connect over TLS, trusting this CA certificate")
     p.add_argument("--auth-token-file", metavar="FILE",
                    help="with --server: send 'authorization: Bearer <token>'; also $DETECTOR_AUTH_TOKEN")
@@ -85,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--anomalous", required=True, metavar="SPEC")
     p.add_argument("--json", action="store_true", help="one JSON object on stdout")
     p.add_argument("--batch-size", type=_positive_int, default=1024)
+    _add_diagnostics(p)
     _add_device(p)
 
     p = sub.add_parser("serve", help="gRPC scoring server with dynamic batching and Prometheus metrics; "
@@ -122,6 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chunk-size", type=_positive_int, default=8192, help="samples per resumable chunk")
     p.add_argument("--batch-size", type=_positive_int, default=1024)
     p.add_argument("--format", choices=("parquet", "csv"), default="parquet", help="per-sample table format")
+    _add_diagnostics(p)
     _add_device(p)
 
     p = sub.add_parser("health", help="exit 0 if a server reports SERVING on grpc.health.v1 (container probes)")
@@ -129,6 +132,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--service", default="detector.v1.Detector")
     p.add_argument("--timeout", type=float, default=3.0)
     return parser
+
+
+def _add_diagnostics(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--diagnostics", type=lambda v: [n for n in v.split(",") if n], default=[], metavar="NAMES",
+                   help="costlier scores to add, comma-separated: iw_nll (K-sample likelihood bound), complexity "
+                        "(JPEG 2000 code length, one CPU encode per sample); by default neither is computed")
 
 
 def _health(args: argparse.Namespace) -> int:
@@ -151,7 +160,7 @@ def _audit(args: argparse.Namespace) -> int:
     from detector.audit.runner import run_audit
 
     summary = run_audit(args.model, args.data, args.out, args.chunk_size, args.batch_size, args.device, args.format,
-                        progress=not args.quiet)
+                        progress=not args.quiet, diagnostics=args.diagnostics)
     if summary:
         print(f"audited {summary['n_samples']} samples: {summary['novelty_rate']['novelty']:.2%} novel, "
               f"{summary['resample_rate']:.2%} flagged for resampling; report: {args.out / 'report.html'}")
@@ -254,12 +263,12 @@ def _score(args: argparse.Namespace) -> int:
         from detector.client import score_samples_remote
 
         result = score_samples_remote(args.server, samples, args.batch_size, progress=not args.quiet,
-                                      **_client_security(args))
+                                      diagnostics=args.diagnostics, **_client_security(args))
     else:
         from detector.scoring.scorer import Scorer
 
         scorer = Scorer.from_path(args.model, device=args.device)
-        result = scorer.score_samples(samples, args.batch_size, progress=not args.quiet)
+        result = scorer.score_samples(samples, args.batch_size, progress=not args.quiet, diagnostics=args.diagnostics)
     write_table(result_columns(result, np.arange(len(samples)), samples.labels), args.out)
     novel = int(result.novel["novelty"].sum())
     print(f"wrote {len(samples)} rows to {args.out}: {novel} flagged novel ({novel / len(samples):.2%})")
@@ -272,8 +281,10 @@ def _evaluate(args: argparse.Namespace) -> int:
     from detector.scoring.scorer import Scorer
 
     scorer = Scorer.from_path(args.model, device=args.device)
-    normal = scorer.score_samples(load_spec(args.normal), args.batch_size, progress=not args.quiet)
-    anomalous = scorer.score_samples(load_spec(args.anomalous), args.batch_size, progress=not args.quiet)
+    normal = scorer.score_samples(load_spec(args.normal), args.batch_size, progress=not args.quiet,
+                                  diagnostics=args.diagnostics)
+    anomalous = scorer.score_samples(load_spec(args.anomalous), args.batch_size, progress=not args.quiet,
+                                     diagnostics=args.diagnostics)
     report = evaluate_results(normal, anomalous)
     print(json.dumps(report) if args.json else format_table(report))
     return 0

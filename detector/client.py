@@ -50,9 +50,10 @@ class RemoteResult:
         return len(self.columns["novelty_score"])
 
 
-def _request(samples: np.ndarray, sample_ids: Sequence[str] | None, request_id: str | None) -> pb.ScoreRequest:
+def _request(samples: np.ndarray, sample_ids: Sequence[str] | None, request_id: str | None,
+             diagnostics: Sequence[str] = ()) -> pb.ScoreRequest:
     return pb.ScoreRequest(request_id=request_id or uuid.uuid4().hex, samples=array_to_tensor(samples),
-                           sample_ids=list(sample_ids or []))
+                           sample_ids=list(sample_ids or []), diagnostics=list(diagnostics))
 
 
 def _result(response: pb.ScoreResponse) -> RemoteResult:
@@ -70,9 +71,10 @@ class DetectorClient:
         self.metadata = tuple(metadata)
 
     def score(self, samples: np.ndarray, sample_ids: Sequence[str] | None = None, request_id: str | None = None,
-              timeout: float | None = None) -> RemoteResult:
-        response = self._stub.Score(_request(samples, sample_ids, request_id), timeout=timeout or self.timeout,
-                                    metadata=self.metadata)
+              timeout: float | None = None, diagnostics: Sequence[str] = ()) -> RemoteResult:
+        """Score a batch; ``diagnostics`` adds costlier scores by name ("iw_nll", "complexity"): NaN otherwise."""
+        response = self._stub.Score(_request(samples, sample_ids, request_id, diagnostics),
+                                    timeout=timeout or self.timeout, metadata=self.metadata)
         return _result(response)
 
     def model_info(self, timeout: float | None = None) -> pb.ModelInfo:
@@ -102,9 +104,9 @@ class AsyncDetectorClient:
         self.metadata = tuple(metadata)
 
     async def score(self, samples: np.ndarray, sample_ids: Sequence[str] | None = None, request_id: str | None = None,
-                    timeout: float | None = None) -> RemoteResult:
-        response = await self._stub.Score(_request(samples, sample_ids, request_id), timeout=timeout or self.timeout,
-                                          metadata=self.metadata)
+                    timeout: float | None = None, diagnostics: Sequence[str] = ()) -> RemoteResult:
+        response = await self._stub.Score(_request(samples, sample_ids, request_id, diagnostics),
+                                          timeout=timeout or self.timeout, metadata=self.metadata)
         return _result(response)
 
     async def model_info(self, timeout: float | None = None) -> pb.ModelInfo:
@@ -122,7 +124,8 @@ class AsyncDetectorClient:
 
 
 def score_samples_remote(target: str, samples, batch_size: int = 256, progress: bool = True,
-                         credentials: grpc.ChannelCredentials | None = None, metadata: Sequence[tuple[str, str]] = ()):
+                         credentials: grpc.ChannelCredentials | None = None, metadata: Sequence[tuple[str, str]] = (),
+                         diagnostics: Sequence[str] = ()):
     """`detector score --server`: a whole SampleSet through the server, as a ScoreResult."""
     from tqdm.auto import tqdm
 
@@ -134,10 +137,12 @@ def score_samples_remote(target: str, samples, batch_size: int = 256, progress: 
         with DetectorClient(target, timeout=60.0, credentials=credentials, metadata=metadata) as client, \
                 tqdm(total=len(samples), desc="scoring (remote)", unit="sample", disable=not progress) as bar:
             for start, raw in samples.chunks(batch_size):
-                r = client.score(raw, sample_ids=[str(start + i) for i in range(len(raw))])
-                scores = {"novelty": r.novelty_score, "neg_elbo": r.neg_elbo, "iw_nll": r.iw_nll,
-                          "recon_error": r.recon_error, "latent_distance": r.latent_distance}
-                if samples.kind == "image":
+                r = client.score(raw, sample_ids=[str(start + i) for i in range(len(raw))], diagnostics=diagnostics)
+                scores = {"novelty": r.novelty_score, "neg_elbo": r.neg_elbo, "recon_error": r.recon_error,
+                          "latent_distance": r.latent_distance}
+                if "iw_nll" in diagnostics:
+                    scores["iw_nll"] = r.iw_nll
+                if "complexity" in diagnostics and samples.kind == "image":
                     scores["complexity_corrected"] = r.complexity_corrected
                 parts.append(ScoreResult(scores=scores, p_values={"novelty": r.p_value}, novel={"novelty": r.is_novel},
                                          thresholds={"novelty": float(r.threshold[0])},

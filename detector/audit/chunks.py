@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +23,7 @@ class AuditPlan:
     data_fingerprint: str
     n_samples: int
     chunk_size: int
+    diagnostics: list[str] = field(default_factory=list)  # costlier scores asked for (sorted names)
 
     @property
     def n_chunks(self) -> int:
@@ -45,10 +46,11 @@ def prepare(out: Path, plan: AuditPlan) -> None:
     (out / "chunks").mkdir(parents=True, exist_ok=True)
     path = plan_path(out)
     if path.exists():
-        existing = json.loads(path.read_text())
+        existing = {"diagnostics": [], **json.loads(path.read_text())}  # plans written before diagnostics had none
         if existing != asdict(plan):
             raise InvalidInput(f"{out}: holds an audit of other data or another model ({existing['data_name']}, "
-                               f"{existing['model_version']}); use another --out or delete it")
+                               f"{existing['model_version']}, diagnostics {existing['diagnostics'] or 'none'}); use another --out "
+                               "or delete it")
         return
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(asdict(plan), indent=2))

@@ -16,7 +16,7 @@ from detector.audit.report import write_report
 from detector.audit.stats import AuditStats
 from detector.data import load_spec
 from detector.errors import InvalidInput
-from detector.scoring.scorer import ScoreResult, Scorer
+from detector.scoring.scorer import ScoreResult, Scorer, check_diagnostics
 from detector.scoring.table import TableWriter, result_columns
 from detector.training.pipeline import fingerprint
 
@@ -37,14 +37,16 @@ def _distributed():
 
 
 def run_audit(bundle: Path, spec: str, out: Path, chunk_size: int = 8192, batch_size: int = 1024,
-              device: str = "auto", table_format: str = "parquet", progress: bool = True) -> dict:
+              device: str = "auto", table_format: str = "parquet", progress: bool = True, diagnostics=()) -> dict:
     if table_format not in ("parquet", "csv"):
         raise InvalidInput(f"table format must be parquet or csv, got '{table_format}'")
     rank, world, dist = _distributed()
     scorer = Scorer.from_path(bundle, device=device)
     samples = load_spec(spec)
     scorer.check_compatible(samples)
-    plan = chunks.AuditPlan(scorer.model_version, samples.name, fingerprint(samples), len(samples), chunk_size)
+    diagnostics = sorted(check_diagnostics(diagnostics))
+    plan = chunks.AuditPlan(scorer.model_version, samples.name, fingerprint(samples), len(samples), chunk_size,
+                            diagnostics)
     if rank == 0:
         chunks.prepare(out, plan)
     if dist is not None:
@@ -59,7 +61,7 @@ def run_audit(bundle: Path, spec: str, out: Path, chunk_size: int = 8192, batch_
             parts = []
             for b in range(start, stop, batch_size):
                 raw = samples.read(b, min(b + batch_size, stop))
-                parts.append(scorer.score(raw))
+                parts.append(scorer.score(raw, diagnostics))
                 bar.update(len(raw))
             chunks.write_chunk(out, i, start, ScoreResult.concat(parts), None if labels is None else labels[start:stop])
             samples.release_pages()

@@ -55,7 +55,11 @@ class ConvEncoder(nn.Module):
 
 N_TRANSFORMS = 4
 TRANSFORM_HIDDEN = 256
-TRANSFORM_CHANCE_NATS = N_TRANSFORMS * math.log(N_TRANSFORMS)  # transform_nll of a head that only guesses
+
+
+def transform_chance_nats(views: int = N_TRANSFORMS) -> float:
+    """transform_nll over ``views`` transformations of a head that only guesses."""
+    return views * math.log(N_TRANSFORMS)
 
 
 def apply_transform(x: torch.Tensor, t: int) -> torch.Tensor:

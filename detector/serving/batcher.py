@@ -34,7 +34,7 @@ class BatchObserver(Protocol):
 @dataclass
 class _Pending:
     samples: np.ndarray
-    model: object  # passed back to score_batch; batches never mix models
+    model: object  # passed back to score_batch; batches never mix models (compared with ==)
     deadline: float | None  # time.monotonic() seconds
     future: asyncio.Future
     enqueued: float = field(default_factory=time.monotonic)
@@ -135,7 +135,7 @@ class DynamicBatcher:
         batch, size = [], 0
         while self._queue:
             n = len(self._queue[0].samples)
-            other_model = bool(batch) and self._queue[0].model is not batch[0].model
+            other_model = bool(batch) and self._queue[0].model != batch[0].model
             if batch and (size + n > self.max_batch_samples or not self.enabled or other_model):
                 break
             item = self._queue.popleft()

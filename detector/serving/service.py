@@ -13,7 +13,8 @@ import torch
 
 from detector.config import ServeConfig
 from detector.errors import BundleError, InvalidInput, ModelNotReady, Overloaded
-from detector.scoring.scorer import ScoreResult, Scorer
+from detector.scoring.scorer import ScoreResult, Scorer, check_diagnostics
+from detector.scoring.scores import DIAGNOSTICS
 from detector.serving.batcher import DynamicBatcher
 from detector.serving.metrics import ServerMetrics
 
@@ -21,6 +22,8 @@ log = logging.getLogger("detector.serve")
 
 
 class ScoringService:
+    diagnostics = DIAGNOSTICS  # what a request may ask for besides the default scores
+
     def __init__(self, scorer: Scorer, metrics: ServerMetrics, cfg: ServeConfig):
         cfg.validate()
         self.scorer = scorer
@@ -97,14 +100,17 @@ class ScoringService:
             raise InvalidInput("UINT8 is for image pixels; this model scores feature vectors: send FLOAT32")
         self.scorer.check_batch(samples)
 
-    async def score(self, samples: np.ndarray, n_ids: int = 0, deadline: float | None = None) -> tuple[str, ScoreResult]:
-        """Score one request's samples; ``deadline`` is a time.monotonic() value."""
+    async def score(self, samples: np.ndarray, n_ids: int = 0, deadline: float | None = None,
+                    diagnostics=()) -> tuple[str, ScoreResult]:
+        """Score one request's samples; ``deadline`` is a time.monotonic() value; ``diagnostics`` names costlier
+        scores to add. Requests share a batch only with requests of the same model and diagnostics."""
         if not self.ready:
             self.last_refused = time.monotonic()
             raise ModelNotReady("model not ready (loading, or the server is shutting down); retry shortly")
         self.check(samples, n_ids)
+        asked = check_diagnostics(diagnostics)
         scorer = self.scorer  # the model this request is admitted under, even if a reload follows
-        result: ScoreResult = await self.batcher.submit(samples, deadline, model=scorer)
+        result: ScoreResult = await self.batcher.submit(samples, deadline, model=(scorer, asked))
         self.metrics.record_results(scorer.model_version, result.novel, result.scores, result.resample)
         return scorer.model_version, result
 
@@ -113,10 +119,12 @@ class ScoringService:
         await self.batcher.drain()
 
 
-def score_batch(scorer: Scorer, samples: np.ndarray) -> ScoreResult:
-    """One forward pass; out of device memory, retry in halves (scores do not depend on the batch)."""
+def score_batch(key: tuple[Scorer, frozenset[str]], samples: np.ndarray) -> ScoreResult:
+    """One forward pass of ``key``'s scorer with its diagnostics; out of device memory, retry in halves (scores do
+    not depend on the batch)."""
+    scorer, diagnostics = key
     try:
-        return scorer.score_checked(samples)
+        return scorer.score_checked(samples, diagnostics)
     except torch.OutOfMemoryError:
         if scorer.device.type == "cuda":
             torch.cuda.empty_cache()
@@ -124,7 +132,7 @@ def score_batch(scorer: Scorer, samples: np.ndarray) -> ScoreResult:
             raise Overloaded("device out of memory scoring one sample; retry later") from None
         half = len(samples) // 2
         log.warning("out of device memory on a batch of %d samples; scoring it in halves", len(samples))
-        return ScoreResult.concat([score_batch(scorer, samples[:half]), score_batch(scorer, samples[half:])])
+        return ScoreResult.concat([score_batch(key, samples[:half]), score_batch(key, samples[half:])])
 
 
 def smoke_test(scorer: Scorer, n: int) -> None:

@@ -19,7 +19,7 @@ from detector.data.sampleset import SampleSet
 from detector.errors import DataError
 from detector.model.bundle import Bundle, save_bundle
 from detector.model.device import resolve_device
-from detector.model.vae import TRANSFORM_CHANCE_NATS, VAE, resolve_model_config
+from detector.model.vae import VAE, resolve_model_config, transform_chance_nats
 from detector.scoring.calibration import CalibrationWarning, calibrate_score, calibration_to_bundle
 from detector.scoring.latent import knn_reference
 from detector.scoring.novelty import NoveltyFusion, default_fusion, usable_components
@@ -93,7 +93,7 @@ def calibrate_bundle(bundle: Bundle, val: SampleSet, cal: SampleSet, target_fpr:
     scorer = Scorer(bundle, device=device)
     raw_val = _raw(scorer, val, batch_size, progress, "standardising")
     components, combine, statistics = default_fusion(scorer.kind)
-    components, notes = usable_components(components, raw_val, TRANSFORM_CHANCE_NATS)
+    components, notes = usable_components(components, raw_val, transform_chance_nats(scorer.transform_views))
     fusion = NoveltyFusion.fit(raw_val, components, combine, tuple(s for s in statistics if s.score in raw_val))
     # Thresholds for the diagnostics too, so that a request asking for them gets p-values and verdicts.
     raw_cal = _raw(scorer, cal, batch_size, progress, "calibrating", DIAGNOSTICS)

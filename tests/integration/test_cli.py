@@ -187,4 +187,4 @@ def test_images_without_an_orientation_train_without_the_transform_component(tmp
     assert proc.returncode == 0, proc.stderr
     assert "transform_nll left out of novelty" in proc.stderr and "Traceback" not in proc.stderr
     fusion = json.loads((tmp_path / "b" / "calibration.json").read_text())["fusion"]
-    assert [c["score"] for c in fusion["components"]] == ["complexity_corrected", "recon_error", "latent_knn"]
+    assert [c["score"] for c in fusion["components"]] == ["recon_error", "latent_knn", "posterior_log_var"]

@@ -62,7 +62,7 @@ def test_forward_pass_that_raises_fails_only_its_batch(scorer):
         calls.append(len(batch))
         if len(calls) == 1:
             raise RuntimeError("simulated kernel failure")
-        return model.score(batch)
+        return score_batch(model, batch)
 
     with ServerThread(scorer, max_delay_ms=0) as s:
         s.running.service.batcher._score_batch = flaky
@@ -78,14 +78,14 @@ def test_out_of_memory_batches_are_scored_in_halves(scorer, monkeypatch):
     limit = 4
     original = Scorer.score_checked
 
-    def small_device(self, batch):
+    def small_device(self, batch, diagnostics=()):
         if len(batch) > limit:
             raise torch.OutOfMemoryError("simulated: CUDA out of memory")
-        return original(self, batch)
+        return original(self, batch, diagnostics)
 
     monkeypatch.setattr(Scorer, "score_checked", small_device)
     x = bars(11, size=16, seed=5)
-    split = score_batch(scorer, x)
+    split = score_batch((scorer, frozenset()), x)
     monkeypatch.setattr(Scorer, "score_checked", original)
     np.testing.assert_allclose(split.scores["novelty"], scorer.score(x).scores["novelty"], **NOVELTY_TOLERANCE)
 
@@ -100,7 +100,7 @@ def test_out_of_memory_batches_are_scored_in_halves(scorer, monkeypatch):
 def test_client_cancelling_mid_batch_leaves_the_server_serving(scorer):
     def slow(model, batch):
         time.sleep(0.5)
-        return model.score(batch)
+        return score_batch(model, batch)
 
     with ServerThread(scorer, max_delay_ms=0) as s:
         s.running.service.batcher._score_batch = slow
@@ -135,7 +135,7 @@ def server_for_module(scorer):
 def test_saturated_queue_refuses_by_expected_wait(scorer):
     def slow(model, batch):
         time.sleep(0.2)
-        return model.score(batch)
+        return score_batch(model, batch)
 
     # Room for 1000 samples, but 0.3 s of waiting: a few requests in, the rest refused at once.
     with ServerThread(scorer, max_batch_samples=4, max_delay_ms=0, max_queue_samples=1000,
@@ -192,7 +192,7 @@ def test_requests_in_flight_finish_on_the_model_they_started_with(scorer, other_
     def slow(model, batch):
         entered.set()
         time.sleep(0.8)
-        return model.score(batch)
+        return score_batch(model, batch)
 
     with ServerThread(scorer, max_delay_ms=0) as s:
         s.running.service.batcher._score_batch = slow

@@ -79,13 +79,14 @@ def result_to_response(request_id: str, model_version: str, result: ScoreResult,
     s, p, novel, t = result.scores, result.p_values, result.novel, result.thresholds
     n = len(result)
     ids = list(sample_ids) if len(sample_ids) else [str(i) for i in range(n)]
+    missing = [math.nan] * n  # a diagnostic not asked for
     columns = {
         "novelty_score": s["novelty"].tolist(), "p_value": p["novelty"].tolist(), "is_novel": novel["novelty"].tolist(),
-        "neg_elbo": s["neg_elbo"].tolist(), "recon_error": s["recon_error"].tolist(), "iw_nll": s["iw_nll"].tolist(),
+        "neg_elbo": s["neg_elbo"].tolist(), "recon_error": s["recon_error"].tolist(),
         "latent_distance": s["latent_distance"].tolist(),
+        "iw_nll": s["iw_nll"].tolist() if "iw_nll" in s else missing,
+        "complexity_corrected": s["complexity_corrected"].tolist() if "complexity_corrected" in s else missing,
     }
-    if "complexity_corrected" in s:
-        columns["complexity_corrected"] = s["complexity_corrected"].tolist()
     if result.resample_weight is not None:
         columns["resample_weight"] = result.resample_weight.tolist()
         columns["resample"] = result.resample.tolist()

@@ -93,7 +93,8 @@ class DetectorServicer(pb_grpc.DetectorServicer):
         request = parsed(request)
         samples = tensor_to_array(request.samples)
         version, result = await self.service.score(samples, len(request.sample_ids),
-                                                   deadline_from_remaining(context.time_remaining()))
+                                                   deadline_from_remaining(context.time_remaining()),
+                                                   request.diagnostics)
         return result_to_response(request.request_id, version, result, request.sample_ids)
 
     @_observed("Score")
@@ -144,7 +145,7 @@ class DetectorServicer(pb_grpc.DetectorServicer):
             target_fpr=cal["novelty"].target_fpr if "novelty" in cal else 0.0,
             thresholds={k: c.threshold for k, c in cal.items()}, device=str(scorer.device),
             max_batch_samples=cfg.max_batch_samples, max_request_samples=cfg.max_request_samples,
-            data_kind=scorer.kind)
+            data_kind=scorer.kind, diagnostics=list(self.service.diagnostics))
 
 
 def add_detector_service(servicer: DetectorServicer, server) -> None:
