@@ -188,3 +188,16 @@ def test_images_without_an_orientation_train_without_the_transform_component(tmp
     assert "transform_nll left out of novelty" in proc.stderr and "Traceback" not in proc.stderr
     fusion = json.loads((tmp_path / "b" / "calibration.json").read_text())["fusion"]
     assert [c["score"] for c in fusion["components"]] == ["recon_error", "latent_knn", "posterior_log_var"]
+
+
+def test_diagnostics_flag_adds_columns_and_an_unknown_name_is_one_line(bundle_path, data_dir, tmp_path):
+    out = tmp_path / "s.csv"
+    proc = detector("score", "--model", str(bundle_path), "--data", str(data_dir / "normal_test.npz"), "--out",
+                    str(out), "--diagnostics", "iw_nll", "--device", "cpu")
+    assert proc.returncode == 0, proc.stderr
+    header = out.read_text().splitlines()[0].split(",")
+    assert "iw_nll" in header and "p_value_iw_nll" in header and "complexity" not in header
+    bad = detector("score", "--model", str(bundle_path), "--data", str(data_dir / "normal_test.npz"), "--out",
+                   str(tmp_path / "t.csv"), "--diagnostics", "regret")
+    assert bad.returncode == 2 and "unknown diagnostic 'regret'" in bad.stderr and "Traceback" not in bad.stderr
+    assert not (tmp_path / "t.csv").exists()

@@ -265,3 +265,23 @@ def test_reduced_precision_is_refused_on_cpu(bundle_path):
 
     with pytest.raises(ConfigError, match="needs a CUDA device"):
         Scorer.from_path(bundle_path, device="cpu", precision="bf16")
+
+
+def test_diagnostics_only_when_asked_and_unknown_ones_refused(server, scorer):
+    x = samples(5, seed=40)
+    with DetectorClient(server.target) as client:
+        plain = client.score(x)
+        asked = client.score(x, diagnostics=["iw_nll", "complexity"])
+        info = client.model_info()
+    assert np.isnan(plain.iw_nll).all() and np.isnan(plain.complexity_corrected).all()
+    assert np.isfinite(asked.iw_nll).all() and np.isfinite(asked.complexity_corrected).all()
+    local = scorer.score(x, ["iw_nll", "complexity"])
+    np.testing.assert_allclose(asked.iw_nll, local.scores["iw_nll"], rtol=1e-4)
+    np.testing.assert_allclose(asked.novelty_score, plain.novelty_score, **NOVELTY_TOLERANCE)  # never changes novelty
+    assert list(info.diagnostics) == ["iw_nll", "complexity"]
+    request = pb.ScoreRequest(samples=pb.Tensor(shape=[1, 1, 16, 16], dtype=pb.UINT8, data=bytes(256)),
+                              diagnostics=["iw_nll", "likelihood_regret"])
+    with pytest.raises(grpc.RpcError) as err:
+        stub(server.target).Score(request, timeout=10)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "likelihood_regret" in err.value.details() and "iw_nll, complexity" in err.value.details()
