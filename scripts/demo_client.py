@@ -8,23 +8,18 @@ from __future__ import annotations
 
 import sys
 import urllib.request
-from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import far_ood  # noqa: E402
-
-from detector.client import DetectorClient  # noqa: E402
-from detector.data import load_spec  # noqa: E402
+from detector.client import DetectorClient
+from detector.data import load_spec, ood_suite
 
 
 def main() -> None:
     target, metrics_url = sys.argv[1], sys.argv[2]
     garments = load_spec("fashion-mnist:test").read(0, 6)
-    sets = {"fashion-mnist:test": garments, "digits": far_ood.digits()[:6], "photo patches": far_ood.photo_patches(6),
-            "blank": far_ood.blank(6)}
+    sets = {"fashion-mnist:test": garments, "handwriting": ood_suite.handwriting(6), "photo patches": ood_suite.photos(6),
+            "blank": ood_suite.blank(6)}
     with DetectorClient(target) as client:
         info = client.model_info()
         print(f"model {info.model_version}: input {list(info.input_shape)}, primary score {info.primary_score}, "

@@ -12,11 +12,11 @@ mkdir -p "$RUN"
 echo "== 1. train a VAE on fashion-mnist:train ($EPOCHS epochs; the default is 20) =="
 detector train --data fashion-mnist:train --out "$RUN/bundle" --epochs "$EPOCHS"
 
-echo "== 2. build far-OOD sets from data that packages ship =="
-python scripts/far_ood.py "$RUN/ood" >/dev/null
+echo "== 2. build the far-OOD suite (handwriting, letters, sketches, blank, photos, textures, noise) =="
+python -m detector.data.ood_suite "$RUN/ood" >/dev/null
 
 echo "== 3. evaluate: normal = fashion-mnist:test =="
-for set in digits photo; do
+for set in handwriting photos; do
     echo "-- anomalous: $set"
     detector --quiet evaluate --model "$RUN/bundle" --normal fashion-mnist:test --anomalous "$RUN/ood/$set.npz"
 done

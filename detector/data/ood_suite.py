@@ -414,3 +414,24 @@ def coloured_objects(n: int, shape: Shape = (3, 64, 64), seed: int = 0) -> np.nd
         img = img if c == 3 else img.mean(0, keepdims=True)
         out[i] = np.clip(np.rint(img * 255), 0, 255).astype(np.uint8)
     return out
+
+
+def main() -> None:
+    """``python -m detector.data.ood_suite OUT [--shape 3,64,64] [--n 1000]``: each set as OUT/NAME.npz (array x)."""
+    import argparse
+    from pathlib import Path
+
+    parser = argparse.ArgumentParser(description="Write the far-OOD suite as .npz files (array x, uint8).")
+    parser.add_argument("out", type=Path, help="folder to write handwriting.npz, letters.npz, ... into")
+    parser.add_argument("--shape", default="1,28,28", help="C,H,W of every sample (default 1,28,28)")
+    parser.add_argument("--n", type=int, default=1000, help="samples per set (default 1000)")
+    args = parser.parse_args()
+    shape = tuple(int(v) for v in args.shape.split(","))
+    args.out.mkdir(parents=True, exist_ok=True)
+    for name, kind, make in SUITE:
+        np.savez(args.out / f"{name}.npz", x=make(args.n, shape))
+        print(f"wrote {args.out / name}.npz ({kind})")
+
+
+if __name__ == "__main__":
+    main()
