@@ -62,6 +62,7 @@ class ScoreConfig:
     elbo_samples: int = 1  # draws for the default neg_elbo estimate; each costs one decoder pass on every request
     transform_views: int = 2  # turns the transform head scores (of 4); each but the first costs an encoder pass.
     # 2 kept the far-OOD and one-class AUROC of 4 within 0.001 (README "Scores")
+    knn_k: int = 2  # training latents latent_knn averages over (README "Scores")
     iw_samples: int = 8  # K for the importance-weighted NLL (a diagnostic, computed when asked for)
     iw_chunk: int = 4096  # samples x K evaluated per forward pass: bounds memory
     target_fpr: float = 0.01  # false-positive rate the thresholds are set at
@@ -172,6 +173,8 @@ def validate_train(cfg: TrainConfig) -> None:
 def validate_score(cfg: ScoreConfig) -> None:
     if cfg.elbo_samples < 1 or cfg.iw_samples < 1:
         raise ConfigError(f"elbo_samples and iw_samples must be >= 1, got {cfg.elbo_samples} and {cfg.iw_samples}")
+    if cfg.knn_k < 1:
+        raise ConfigError(f"knn_k must be >= 1, got {cfg.knn_k}")
     if not 1 <= cfg.transform_views <= 4:
         raise ConfigError(f"transform_views must lie in 1..4, got {cfg.transform_views}")
 

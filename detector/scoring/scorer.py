@@ -23,7 +23,7 @@ from detector.model.device import resolve_device
 from detector.model.vae import N_TRANSFORMS, VAE
 from detector.scoring.calibration import ScoreCalibration, calibration_from_bundle
 from detector.scoring.complexity import complexity_bpd
-from detector.scoring.latent import LatentReference
+from detector.scoring.latent import LEGACY_KNN_K, LatentReference
 from detector.scoring.novelty import NoveltyFusion
 from detector.scoring.scores import DIAGNOSTICS, fixed_noise, raw_scores
 
@@ -113,7 +113,8 @@ class Scorer:
         self.chunk = chunk or int(score_cfg.get("iw_chunk", 4096))
         self.transform_views = int(score_cfg.get("transform_views", N_TRANSFORMS))
         dens = bundle.density
-        self.latent_reference = LatentReference.from_arrays(dens, self.model_cfg.latent_dim, self.device)
+        self.latent_reference = LatentReference.from_arrays(dens, self.model_cfg.latent_dim, self.device,
+                                                            int(score_cfg.get("knn_k", LEGACY_KNN_K)))
         self.latent_density = LatentDensity.from_arrays(dens)
         cal = bundle.calibration
         self.fusion = NoveltyFusion.from_json(cal["fusion"]) if cal.get("fusion") else None

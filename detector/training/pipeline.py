@@ -79,17 +79,20 @@ def fit_latent_density(model: VAE, data: torch.Tensor, device: torch.device, deb
 
 def score_settings(cfg: ScoreConfig) -> dict:
     """The bundle's "score" section: how the Scorer computes each score."""
-    return {"elbo_samples": cfg.elbo_samples, "transform_views": cfg.transform_views, "iw_samples": cfg.iw_samples,
+    return {"elbo_samples": cfg.elbo_samples, "transform_views": cfg.transform_views, "knn_k": cfg.knn_k,
+            "iw_samples": cfg.iw_samples,
             "iw_chunk": cfg.iw_chunk, "noise_seed": NOISE_SEED}
 
 
 def calibrate_bundle(bundle: Bundle, val: SampleSet, cal: SampleSet, target_fpr: float, device: str,
                      batch_size: int, progress: bool) -> list[str]:
     """Fit the novelty fusion on ``val`` and thresholds on ``cal`` into ``bundle``; returns warnings. A bundle
-    written before the on-device score gets the current score settings (and so the current novelty score)."""
+    written before the on-device score gets the current score settings (and so the current novelty score); one
+    written since gets the defaults of settings added after it."""
     bundle.calibration = {}
-    if "elbo_samples" not in bundle.config["score"]:
-        bundle.config["score"] = {**score_settings(ScoreConfig()), "iw_chunk": bundle.config["score"]["iw_chunk"]}
+    score = bundle.config["score"]
+    kept = score if "elbo_samples" in score else {"iw_chunk": score["iw_chunk"]}  # legacy: only the memory bound
+    bundle.config["score"] = {**score_settings(ScoreConfig()), **kept}  # settings added since: their defaults
     scorer = Scorer(bundle, device=device)
     raw_val = _raw(scorer, val, batch_size, progress, "standardising")
     components, combine, statistics = default_fusion(scorer.kind)

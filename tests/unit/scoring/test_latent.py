@@ -17,6 +17,7 @@ def test_knn_is_the_mean_distance_to_the_k_nearest_whitened_training_latents():
     rng = np.random.default_rng(0)
     mus, density = reference(rng)
     ref = LatentReference.from_arrays(density, 4, torch.device("cpu"))
+    assert ref.k == KNN_K
     query = rng.normal(size=(7, 4)) * 3 + 3
     got = ref.distances(torch.as_tensor(query, dtype=torch.float32))["latent_knn"].numpy()
 
@@ -59,3 +60,12 @@ def test_bundles_without_a_reference_score_no_knn():
     ref = LatentReference.from_arrays({}, 3, torch.device("cpu"))
     out = ref.distances(torch.zeros(2, 3))
     assert "latent_knn" not in out and out["latent_distance"].tolist() == [0.0, 0.0]
+
+
+def test_knn_of_a_legacy_bundle_averages_its_own_k():
+    rng = np.random.default_rng(2)
+    mus, density = reference(rng)
+    query = torch.as_tensor(rng.normal(size=(5, 4)), dtype=torch.float32)
+    one, five = (LatentReference.from_arrays(density, 4, torch.device("cpu"), k).distances(query)["latent_knn"]
+                 for k in (1, 5))
+    assert (one < five).all()
