@@ -9,7 +9,8 @@
     this one run;
 (2) in-process scoring samples/s at batch 1024: one encoder + decoder pass of the model (its own cost), the
     costlier parts, the Scorer with default settings (what the server calls) and with each diagnostic; the ratio
-    of the Scorer's rate to the model's own is the cost figure. `--bundle B` measures (2) alone, with B.
+    of the Scorer's rate to the model's own is the cost figure. `--bundle B` measures (2) alone, with B, into
+    scoring.{md,json}.
 """
 
 from __future__ import annotations
@@ -147,13 +148,14 @@ def main() -> None:
     result.update({"scoring_samples_per_s_batch": args.batch_size, "scoring_samples_per_s": score_rates,
                    "cost_ratio": default_rate / model_rate})
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "train.json").write_text(json.dumps(result, indent=2))
+    name = "train" if args.bundle is None else "scoring"  # scoring alone does not overwrite the training figures
+    (args.out / f"{name}.json").write_text(json.dumps(result, indent=2))
     lines += [f"| in-process scoring at batch {args.batch_size}, {Scorer.from_path(bundle).sample_shape} | samples/s |",
               "|---|---|"]
     lines += [f"| {k} | {v:.0f} |" for k, v in score_rates.items()]
     lines += ["", f"**{COST_RATIO}: {default_rate / model_rate:.3f}** (goal 0.33)."]
-    (args.out / "train.md").write_text("\n".join(lines) + "\n")
-    print(f"wrote {args.out / 'train.md'}")
+    (args.out / f"{name}.md").write_text("\n".join(lines) + "\n")
+    print(f"wrote {args.out / (name + '.md')}")
 
 
 if __name__ == "__main__":
