@@ -118,6 +118,9 @@ class Scorer:
         self.latent_density = LatentDensity.from_arrays(dens)
         cal = bundle.calibration
         self.fusion = NoveltyFusion.from_json(cal["fusion"]) if cal.get("fusion") else None
+        if self.fusion is not None and "transform_nll" not in self.fusion.needs:
+            # A head left out of the novelty score (images without an orientation) costs nothing at scoring time.
+            self.transform_views = 0
         self.calibration: dict[str, ScoreCalibration] = (
             calibration_from_bundle(cal["scores"], bundle.calibration_arrays) if cal.get("scores") else {})
 

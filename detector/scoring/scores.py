@@ -32,25 +32,30 @@ def fixed_noise(k: int, latent_dim: int, seed: int = 1234) -> torch.Tensor:
 
 
 def _sampled_terms(model: VAE, x: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, eps: torch.Tensor,
-                   chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
+                   chunk: int, with_mean: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Mean log p(x|z_k) and the importance-weighted log p(x) estimate over the K draws z_k = mu + std * eps_k,
-    each (B,), evaluated ``chunk`` samples x K at a time."""
+    each (B,), evaluated ``chunk`` samples x K at a time; ``with_mean``: also the reconstruction at the posterior
+    mean, decoded in the same pass as the draws (one decoder call instead of two: about 10% of the decoder's time
+    on CPU)."""
     k = eps.shape[0]
     std = torch.exp(0.5 * logvar)
-    expected_ll, iw = [], []
-    per_chunk = max(1, chunk // k)
+    expected_ll, iw, recon = [], [], []
+    per_chunk = max(1, chunk // (k + with_mean))
     for start in range(0, x.shape[0], per_chunk):
         sl = slice(start, start + per_chunk)
         z = mu[sl, None, :] + std[sl, None, :] * eps[None]  # (b, K, Z)
         b = z.shape[0]
-        params_k = model.decode(z.reshape(b * k, -1))
+        params = model.decode(torch.cat([mu[sl], z.reshape(b * k, -1)]) if with_mean else z.reshape(b * k, -1))
+        if with_mean:
+            recon.append(model.reconstruct(params[:b]))
+        params_k = params[b:] if with_mean else params
         x_k = x[sl].unsqueeze(1).expand(b, k, *x.shape[1:]).reshape(b * k, *x.shape[1:])
         ll = model.log_likelihood(x_k, params_k).view(b, k)  # (b, K)
         log_pz = -0.5 * (z.pow(2) + _LOG_2PI).sum(-1)
         log_qz = -0.5 * (eps.pow(2)[None] + _LOG_2PI + logvar[sl, None, :]).sum(-1)
         expected_ll.append(ll.mean(dim=1))
         iw.append(torch.logsumexp(ll + log_pz - log_qz, dim=1) - math.log(k))
-    return torch.cat(expected_ll), torch.cat(iw)
+    return torch.cat(expected_ll), torch.cat(iw), torch.cat(recon) if with_mean else None
 
 
 @torch.inference_mode()
@@ -71,7 +76,7 @@ def raw_scores(
     kl: KL(q(z|x) || N(0, I)), the rate; posterior_log_var: sum of the posterior's log-variances.
     latent_distance, latent_knn: distances of the posterior mean from the training latents (latent.py).
     transform_nll: how badly the transform head tells the image's turns apart, over the first ``transform_views``
-        of them (VAE.transform_nll).
+        of them (VAE.transform_nll); not computed with transform_views = 0.
     code_length, residual_log_magnitude, residual_magnitude (images): how complex the input is, from a predictive
         lossless code of its pixels (complexity.py);
     intensity_mean, intensity_std: the input's own mean and spread, in model space.
@@ -79,8 +84,7 @@ def raw_scores(
     """
     mu, logvar, features = model.encode_with_features(x)  # (B, Z) each; conv features or None
     mu, logvar = mu.float(), logvar.float()
-    recon = model.reconstruct(model.decode(mu))
-    expected_ll, iw = _sampled_terms(model, x, mu, logvar, eps, chunk)
+    expected_ll, iw, recon = _sampled_terms(model, x, mu, logvar, eps, chunk, with_mean=True)
     kl = kl_divergence(mu, logvar)
     neg_elbo = -expected_ll + kl
     flat = x.float().flatten(1)
@@ -97,7 +101,7 @@ def raw_scores(
     }
     if model.cfg.kind == "conv":
         out.update(residual_statistics(x))
-    if model.transform_head is not None:
+    if model.transform_head is not None and transform_views > 0:
         out["transform_nll"] = model.transform_nll(x, features, transform_views)
     if iw_eps is not None:  # the same draws as the ELBO's (bundles from before this split): computed once
         out["iw_nll"] = -(iw if iw_eps is eps else _sampled_terms(model, x, mu, logvar, iw_eps, chunk)[1])
