@@ -108,6 +108,17 @@ def _scale(med: float, lo: float, hi: float) -> tuple[float, float]:
     return max((med - lo) / _Z99, floor), max((hi - med) / _Z99, floor)
 
 
+def _component_values(component: Component, values: torch.Tensor) -> torch.Tensor:
+    return torch.log(values.clamp_min(_LOG_FLOOR)) if component.log else values
+
+
+def _statistics_matrix(raw: dict, statistics: tuple[Statistic, ...]) -> torch.Tensor:
+    """(B, d): each statistic of each sample, logged where asked."""
+    cols = [_values(raw, s.score) for s in statistics]
+    return torch.stack([torch.log(c + s.log_offset) if s.log_offset is not None else c
+                        for c, s in zip(cols, statistics)], dim=1)
+
+
 @dataclass(frozen=True)
 class ComponentFit:
     component: Component
@@ -115,12 +126,9 @@ class ComponentFit:
     lower_scale: float
     upper_scale: float
 
-    def transform(self, values: torch.Tensor) -> torch.Tensor:
-        return torch.log(values.clamp_min(_LOG_FLOOR)) if self.component.log else values
-
     def standardize(self, values: torch.Tensor) -> torch.Tensor:
         """Deviation from the normal median in per-side robust units (>= 0 means unusual)."""
-        v = self.transform(values)
+        v = _component_values(self.component, values)
         z = (v - self.median) / self.upper_scale
         if self.component.two_sided:
             z = torch.where(v >= self.median, z, (self.median - v) / self.lower_scale)
@@ -128,7 +136,7 @@ class ComponentFit:
 
     @classmethod
     def fit(cls, component: Component, values) -> "ComponentFit":
-        v = cls(component, 0.0, 1.0, 1.0).transform(torch.as_tensor(values, dtype=torch.float64)).numpy()
+        v = _component_values(component, torch.as_tensor(values, dtype=torch.float64)).numpy()
         lo, med, hi = np.quantile(v, [0.01, 0.5, 0.99])
         return cls(component, float(med), *_scale(med, lo, hi))
 
@@ -143,13 +151,8 @@ class TypicalityTest:
     median: float  # of the normal distances
     upper_scale: float
 
-    def _matrix(self, raw: dict) -> torch.Tensor:
-        cols = [_values(raw, s.score) for s in self.statistics]
-        cols = [torch.log(c + s.log_offset) if s.log_offset is not None else c for c, s in zip(cols, self.statistics)]
-        return torch.stack(cols, dim=1)  # (B, d)
-
     def distance(self, raw: dict) -> torch.Tensor:
-        x = self._matrix(raw)
+        x = _statistics_matrix(raw, self.statistics)  # (B, d)
         diff = x - torch.as_tensor(self.center, dtype=x.dtype, device=x.device)
         precision = torch.as_tensor(self.precision, dtype=x.dtype, device=x.device)
         return ((diff @ precision) * diff).sum(dim=1).clamp_min(0.0).sqrt()  # (B,)
@@ -159,8 +162,7 @@ class TypicalityTest:
 
     @classmethod
     def fit(cls, raw: dict, statistics: tuple[Statistic, ...]) -> "TypicalityTest":
-        probe = cls(statistics, np.zeros(len(statistics)), np.eye(len(statistics)), 0.0, 1.0)
-        x = probe._matrix(raw).numpy()
+        x = _statistics_matrix(raw, statistics).numpy()
         center = np.median(x, axis=0)
         cov = np.cov((x - center).T).reshape(len(statistics), len(statistics))
         cov += 1e-6 * max(float(np.trace(cov)) / len(statistics), 1e-12) * np.eye(len(statistics))
