@@ -16,12 +16,12 @@ its uncapped weight is among the largest ``rare_fraction`` of the training set's
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
-from detector.model.device import numpy_or_tensor
+from detector.model.device import numpy_or_tensor, on_device
 
 COMBINES = ("product", "max")
 
@@ -37,6 +37,7 @@ class LatentDensity:
     center: np.ndarray | None = None  # (Z,) whitening: coordinates are (mu - center) @ transform
     transform: np.ndarray | None = None  # (Z, Z)
     log_cap: float = np.inf  # log of the largest weight
+    _on_device: dict = field(default_factory=dict, repr=False, compare=False)  # tensor copies (on_device)
 
     @classmethod
     def fit(cls, latent_means: np.ndarray, bins: int = 10, alpha: float = 0.01, combine: str = "product",
@@ -64,12 +65,12 @@ class LatentDensity:
 
     @numpy_or_tensor
     def _raw_log_weights(self, mus: torch.Tensor) -> torch.Tensor:
-        as_t = lambda a: torch.as_tensor(a, dtype=torch.float64, device=mus.device)  # noqa: E731
-        coords = mus if self.center is None else (mus - as_t(self.center)) @ as_t(self.transform)  # (N, Z)
+        as_t = lambda name: on_device(self._on_device, name, getattr(self, name), mus.device)  # noqa: E731
+        coords = mus if self.center is None else (mus - as_t("center")) @ as_t("transform")  # (N, Z)
         # Outside the training range counts as the edge bin: rare, but not infinitely so.
-        idx = torch.searchsorted(as_t(self.edges).contiguous(), coords.T.contiguous(), right=True) - 1  # (Z, N)
+        idx = torch.searchsorted(as_t("edges"), coords.T.contiguous(), right=True) - 1  # (Z, N)
         idx = idx.clamp(0, self.density.shape[1] - 1)
-        per_dim = -torch.log(torch.gather(as_t(self.density), 1, idx) + self.alpha)  # (Z, N)
+        per_dim = -torch.log(torch.gather(as_t("density"), 1, idx) + self.alpha)  # (Z, N)
         return per_dim.sum(dim=0) if self.combine == "product" else per_dim.max(dim=0).values
 
     def log_weights(self, latent_means):

@@ -31,3 +31,12 @@ def numpy_or_tensor(fn):
         out = fn(self, torch.as_tensor(np.asarray(values), dtype=torch.float64), *args, **kwargs)
         return out.numpy()
     return wrapper
+
+
+def on_device(cache: dict, name: str, array, device: torch.device) -> torch.Tensor:
+    """``array`` (a fitted constant held as numpy) as a float64 tensor on ``device``, copied there once and kept in
+    ``cache``: scoring a batch then moves no constants to the device."""
+    key = (name, device)
+    if key not in cache:
+        cache[key] = torch.as_tensor(array, dtype=torch.float64, device=device).contiguous()
+    return cache[key]

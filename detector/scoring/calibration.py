@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from detector.model.device import numpy_or_tensor
+from detector.model.device import numpy_or_tensor, on_device
 
 MIN_EXCEEDANCES = 10  # fewer calibration samples above the threshold than this: a noisy threshold
 
@@ -29,7 +29,7 @@ class ScoreCalibration:
     target_fpr: float
     threshold: float
     sorted_scores: np.ndarray  # (n,) ascending, float64
-    _sorted: dict = field(default_factory=dict, repr=False, compare=False)  # device -> tensor copy
+    _on_device: dict = field(default_factory=dict, repr=False, compare=False)  # tensor copies (on_device)
 
     @property
     def n(self) -> int:
@@ -38,10 +38,7 @@ class ScoreCalibration:
     @numpy_or_tensor
     def p_values(self, scores: torch.Tensor) -> torch.Tensor:
         """Conformal p-values, float32; numpy or tensors (on any device)."""
-        ref = self._sorted.get(scores.device)
-        if ref is None:  # the sorted scores, moved to a device once
-            ref = self._sorted[scores.device] = torch.as_tensor(self.sorted_scores, dtype=torch.float64,
-                                                                  device=scores.device)
+        ref = on_device(self._on_device, "sorted", self.sorted_scores, scores.device)
         at_or_above = self.n - torch.searchsorted(ref, scores.contiguous(), right=False)
         return ((1 + at_or_above) / (self.n + 1)).float()
 

@@ -26,10 +26,12 @@ The README's "Scores" section gives the measurements. ``apply`` runs on the scor
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
+
+from detector.model.device import on_device
 
 _Z99 = 2.3263  # standard-normal 99th percentile: per-side scales are set so q01/q99 land at +-1 sigma units of it
 _LOG_FLOOR = 1e-12
@@ -150,11 +152,12 @@ class TypicalityTest:
     precision: np.ndarray  # (d, d) inverse covariance about the center
     median: float  # of the normal distances
     upper_scale: float
+    _on_device: dict = field(default_factory=dict, repr=False, compare=False)  # tensor copies (on_device)
 
     def distance(self, raw: dict) -> torch.Tensor:
-        x = _statistics_matrix(raw, self.statistics)  # (B, d)
-        diff = x - torch.as_tensor(self.center, dtype=x.dtype, device=x.device)
-        precision = torch.as_tensor(self.precision, dtype=x.dtype, device=x.device)
+        x = _statistics_matrix(raw, self.statistics)  # (B, d) float64
+        diff = x - on_device(self._on_device, "center", self.center, x.device)
+        precision = on_device(self._on_device, "precision", self.precision, x.device)
         return ((diff @ precision) * diff).sum(dim=1).clamp_min(0.0).sqrt()  # (B,)
 
     def standardize(self, raw: dict) -> torch.Tensor:
