@@ -75,9 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, type=Path, metavar="FILE", help=".csv or .parquet")
     p.add_argument("--batch-size", type=_positive_int, default=1024)
     _add_diagnostics(p)
-    p.add_argument("--tls-ca", metavar="PEM", help="with --server: connect over TLS, trusting this CA certificate")
-    p.add_argument("--auth-token-file", metavar="FILE",
-                   help="with --server: send 'authorization: Bearer <token>'; also $DETECTOR_AUTH_TOKEN")
+    _add_client_security(p, "with --server: ")
     _add_device(p)
 
     p = sub.add_parser("evaluate", help="AUROC / AUPRC / FPR@95TPR / calibrated FPR per score")
@@ -131,7 +129,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", default="127.0.0.1:50051", metavar="HOST:PORT")
     p.add_argument("--service", default="detector.v1.Detector")
     p.add_argument("--timeout", type=float, default=3.0)
+    _add_client_security(p, "")
     return parser
+
+
+def _add_client_security(p: argparse.ArgumentParser, prefix: str) -> None:
+    """The client side of `detector serve`'s --tls-cert/--tls-key/--tls-client-ca/--auth-token-file."""
+    p.add_argument("--tls-ca", metavar="PEM", help=f"{prefix}connect over TLS, trusting this CA certificate")
+    p.add_argument("--tls-cert", metavar="PEM", help=f"{prefix}present this client certificate (mutual TLS, for a "
+                                                     "server started with --tls-client-ca; needs --tls-key)")
+    p.add_argument("--tls-key", metavar="PEM", help="the client certificate's private key")
+    p.add_argument("--auth-token-file", metavar="FILE",
+                   help=f"{prefix}send 'authorization: Bearer <token>'; also $DETECTOR_AUTH_TOKEN")
 
 
 def _add_diagnostics(p: argparse.ArgumentParser) -> None:
@@ -144,10 +153,13 @@ def _health(args: argparse.Namespace) -> int:
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    with grpc.insecure_channel(args.target) as channel:
+    security = _client_security(args)
+    channel = (grpc.secure_channel(args.target, security["credentials"]) if security["credentials"]
+               else grpc.insecure_channel(args.target))
+    with channel:
         try:
             reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=args.service),
-                                                              timeout=args.timeout)
+                                                              timeout=args.timeout, metadata=security["metadata"])
         except grpc.RpcError as exc:
             print(f"{args.target}: {exc.code().name}", file=sys.stderr)
             return 1
@@ -178,13 +190,12 @@ def _auth_token(args: argparse.Namespace) -> str | None:
 
 
 def _client_security(args: argparse.Namespace) -> dict:
-    """TLS credentials and bearer-token metadata for a client, from --tls-ca and --auth-token-file."""
-    import grpc
-
-    from detector.serving.grpc.security import read_secret
+    """TLS credentials and bearer-token metadata for a client, from --tls-ca, --tls-cert, --tls-key and
+    --auth-token-file."""
+    from detector.serving.grpc.security import client_credentials
 
     token = _auth_token(args)
-    return {"credentials": grpc.ssl_channel_credentials(read_secret(args.tls_ca, "TLS CA")) if args.tls_ca else None,
+    return {"credentials": client_credentials(args.tls_ca, args.tls_cert, args.tls_key),
             "metadata": (("authorization", f"Bearer {token}"),) if token else ()}
 
 

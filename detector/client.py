@@ -51,8 +51,8 @@ class RemoteResult:
 
 
 def _request(samples: np.ndarray, sample_ids: Sequence[str] | None, request_id: str | None,
-             diagnostics: Sequence[str] = ()) -> pb.ScoreRequest:
-    return pb.ScoreRequest(request_id=request_id or uuid.uuid4().hex, samples=array_to_tensor(samples),
+             diagnostics: Sequence[str] = (), layout: str = "NCHW") -> pb.ScoreRequest:
+    return pb.ScoreRequest(request_id=request_id or uuid.uuid4().hex, samples=array_to_tensor(samples, layout),
                            sample_ids=list(sample_ids or []), diagnostics=list(diagnostics))
 
 
@@ -71,9 +71,11 @@ class DetectorClient:
         self.metadata = tuple(metadata)
 
     def score(self, samples: np.ndarray, sample_ids: Sequence[str] | None = None, request_id: str | None = None,
-              timeout: float | None = None, diagnostics: Sequence[str] = ()) -> RemoteResult:
-        """Score a batch; ``diagnostics`` adds costlier scores by name ("iw_nll", "complexity"): NaN otherwise."""
-        response = self._stub.Score(_request(samples, sample_ids, request_id, diagnostics),
+              timeout: float | None = None, diagnostics: Sequence[str] = (), layout: str = "NCHW") -> RemoteResult:
+        """Score a batch; ``diagnostics`` adds costlier scores by name ("iw_nll", "complexity"): NaN otherwise.
+        ``layout``: "NCHW" ([N, C, H, W], or [N, H, W] for one channel) or "NHWC" ([N, H, W, C], as numpy and
+        OpenCV hold images)."""
+        response = self._stub.Score(_request(samples, sample_ids, request_id, diagnostics, layout),
                                     timeout=timeout or self.timeout, metadata=self.metadata)
         return _result(response)
 
@@ -104,8 +106,9 @@ class AsyncDetectorClient:
         self.metadata = tuple(metadata)
 
     async def score(self, samples: np.ndarray, sample_ids: Sequence[str] | None = None, request_id: str | None = None,
-                    timeout: float | None = None, diagnostics: Sequence[str] = ()) -> RemoteResult:
-        response = await self._stub.Score(_request(samples, sample_ids, request_id, diagnostics),
+                    timeout: float | None = None, diagnostics: Sequence[str] = (), layout: str = "NCHW") -> RemoteResult:
+        """DetectorClient.score, awaited."""
+        response = await self._stub.Score(_request(samples, sample_ids, request_id, diagnostics, layout),
                                           timeout=timeout or self.timeout, metadata=self.metadata)
         return _result(response)
 

@@ -101,7 +101,8 @@ class SampleSet:
 
 
 def to_model_space(raw: np.ndarray) -> np.ndarray:
-    """uint8 pixels -> float32 in [0, 1]; floats pass through as float32."""
+    """uint8 pixels -> float32 in [0, 1], C-contiguous whatever the input's strides (a channels-last view becomes
+    channels-first here, in the one pass that converts it); floats pass through as float32."""
     if raw.dtype == np.uint8:
-        return raw.astype(np.float32) / np.float32(255.0)
+        return np.divide(raw, np.float32(255.0), out=np.empty(raw.shape, np.float32))
     return raw.astype(np.float32, copy=False)

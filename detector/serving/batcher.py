@@ -8,8 +8,10 @@ before compute; a failed batch fails every request in it, and the loop goes on.
 
 Each request carries the model it was admitted under and a batch never mixes models, so a
 model swapped in mid-traffic (hot reload) only scores requests that arrive after the swap.
-Admission is bounded twice: by queued samples, and by the wait the queue implies at the
-measured scoring speed, so overload is answered at once instead of with growing latency.
+Admission is bounded three ways: by queued samples, by the wait the queue implies at the
+measured scoring speed, and by each call's own deadline (a request the queue cannot finish in
+time is refused at arrival, not queued to expire), so overload is answered at once instead of
+with growing latency or wasted work.
 """
 
 from __future__ import annotations
@@ -104,22 +106,32 @@ class DynamicBatcher:
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="dynamic-batcher")
 
-    def _admit(self, n: int) -> None:
+    def _admit(self, n: int, deadline: float | None) -> None:
+        """Refuse (Overloaded) what the queue cannot take: past max_queue_samples, past max_queue_wait_s of expected
+        scoring, or past the call's own deadline. The last two only when there is a queue to wait behind: a
+        request to an idle server is always tried."""
         if self._closed:
             raise Overloaded("server is shutting down")
         if self._queued_samples + n > self.max_queue_samples:
             raise Overloaded(f"scoring queue full ({self._queued_samples} samples waiting); retry later")
-        if self.max_queue_wait_s is not None and self._queued_samples:
-            busy_samples, busy_since = self._busy
-            wait = self.speed.expected_wait(self._queued_samples + n, busy_samples, time.monotonic() - busy_since)
-            if wait > self.max_queue_wait_s:
-                raise Overloaded(f"server saturated: {self._queued_samples} samples queued, about {wait * 1000:.0f} ms "
-                                 f"of scoring (limit {self.max_queue_wait_s * 1000:.0f} ms); retry later")
+        busy_samples, busy_since = self._busy
+        if not (self._queued_samples or busy_samples):
+            return
+        now = time.monotonic()
+        # Until this request's own samples are scored: the batch running now, the queue ahead, this request.
+        done_in = self.speed.expected_wait(self._queued_samples + n, busy_samples, now - busy_since)
+        if self.max_queue_wait_s is not None and self._queued_samples and done_in > self.max_queue_wait_s:
+            raise Overloaded(f"server saturated: {self._queued_samples} samples queued, about {done_in * 1000:.0f} ms "
+                             f"of scoring (limit {self.max_queue_wait_s * 1000:.0f} ms); retry later")
+        if deadline is not None and now + done_in + self.max_delay_s > deadline:
+            raise Overloaded(f"cannot finish before the call's deadline: about {done_in * 1000:.0f} ms of scoring "
+                             f"queued up to this request, {max(deadline - now, 0.0) * 1000:.0f} ms left; retry later "
+                             "or with a longer deadline")
 
     async def submit(self, samples: np.ndarray, deadline: float | None = None, model: object = None):
         """Score ``samples`` (N, ...) with ``model`` in some batch; returns this request's part of the result."""
         n = len(samples)
-        self._admit(n)
+        self._admit(n, deadline)
         item = _Pending(samples, model, deadline, asyncio.get_running_loop().create_future())
         self._queue.append(item)
         self._queued_samples += n

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from detector.config import ServeConfig
+from detector.data.layout import to_channels_first
 from detector.errors import BundleError, InvalidInput, ModelNotReady, Overloaded
 from detector.scoring.scorer import ScoreResult, Scorer, check_diagnostics
 from detector.scoring.scores import DIAGNOSTICS
@@ -88,8 +89,9 @@ class ScoringService:
             "ready": self.ready,
         }
 
-    def check(self, samples: np.ndarray, n_ids: int) -> None:
-        """Every check a request must pass before it may join a batch."""
+    def check(self, samples: np.ndarray, n_ids: int, layout: str = "NCHW") -> np.ndarray:
+        """Every check a request must pass before it may join a batch; the samples in the model's channels-first
+        order (a view)."""
         if samples.ndim == 0 or samples.shape[0] == 0:
             raise InvalidInput("empty request: samples must hold at least one sample")
         if samples.shape[0] > self.cfg.max_request_samples:
@@ -98,16 +100,19 @@ class ScoringService:
             raise InvalidInput(f"{n_ids} sample_ids for {samples.shape[0]} samples: give none or one per sample")
         if samples.dtype == np.uint8 and self.scorer.kind != "image":
             raise InvalidInput("UINT8 is for image pixels; this model scores feature vectors: send FLOAT32")
+        samples = to_channels_first(samples, layout, self.scorer.sample_shape)
         self.scorer.check_batch(samples)
+        return samples
 
     async def score(self, samples: np.ndarray, n_ids: int = 0, deadline: float | None = None,
-                    diagnostics=()) -> tuple[str, ScoreResult]:
-        """Score one request's samples; ``deadline`` is a time.monotonic() value; ``diagnostics`` names costlier
-        scores to add. Requests share a batch only with requests of the same model and diagnostics."""
+                    diagnostics=(), layout: str = "NCHW") -> tuple[str, ScoreResult]:
+        """Score one request's samples, given in ``layout`` (detector/data/layout.py); ``deadline`` is a
+        time.monotonic() value; ``diagnostics`` names costlier scores to add. Requests share a batch only with
+        requests of the same model and diagnostics."""
         if not self.ready:
             self.last_refused = time.monotonic()
             raise ModelNotReady("model not ready (loading, or the server is shutting down); retry shortly")
-        self.check(samples, n_ids)
+        samples = self.check(samples, n_ids, layout)
         asked = check_diagnostics(diagnostics)
         scorer = self.scorer  # the model this request is admitted under, even if a reload follows
         result: ScoreResult = await self.batcher.submit(samples, deadline, model=(scorer, asked))

@@ -111,3 +111,30 @@ def test_score_cli_through_a_tls_server_with_a_token(scorer, data_dir, tmp_path)
         ok = score("--auth-token-file", str(tmp_path / "token"))
         assert ok.returncode == 0, ok.stderr
         assert len(list(csv.DictReader(open(tmp_path / "r.csv")))) == 200
+
+
+def test_score_and_health_cli_through_a_mutual_tls_server(scorer, data_dir, tmp_path):
+    import sys
+
+    server_key, server_crt = make_cert(tmp_path, "server")
+    make_cert(tmp_path, "ca")
+    client_key, client_crt = make_cert(tmp_path, "client", ca="ca")
+    tls = ["--tls-ca", str(server_crt)]
+    with ServerThread(scorer, tls_cert=str(server_crt), tls_key=str(server_key),
+                      tls_client_ca=str(tmp_path / "ca.crt")) as s:
+        def cli(command, *extra):
+            where = ["--server", s.target, "--data", str(data_dir / "anomalous.npz"), "--out", str(tmp_path / "r.csv")]
+            return subprocess.run([sys.executable, "-m", "detector", "--quiet", command,
+                                   *(where if command == "score" else ["--target", s.target]), *tls, *extra],
+                                  capture_output=True, text=True, timeout=120)
+
+        without = cli("score")  # the server asks for a client certificate this client does not have
+        assert without.returncode == 2 and "UNAVAILABLE" in without.stderr and "Traceback" not in without.stderr
+        half = cli("score", "--tls-cert", str(client_crt))
+        assert half.returncode == 2 and "--tls-cert and --tls-key together" in half.stderr
+        ok = cli("score", "--tls-cert", str(client_crt), "--tls-key", str(client_key))
+        assert ok.returncode == 0, ok.stderr
+        assert (tmp_path / "r.csv").read_text().count("\n") == 201
+        assert cli("health").returncode == 1
+        health = cli("health", "--tls-cert", str(client_crt), "--tls-key", str(client_key))
+        assert health.returncode == 0 and "SERVING" in health.stdout, health.stderr

@@ -68,18 +68,23 @@ def test_concurrent_clients_get_exactly_their_in_process_results(server, scorer)
     assert 0 < batches < 16 * 6
 
 
-def raw_request(shape, dtype=pb.UINT8, data=None, ids=()):
+def raw_request(shape, dtype=pb.UINT8, data=None, ids=(), layout=pb.NCHW):
     if data is None:
         itemsize = {pb.UINT8: 1, pb.FLOAT32: 4, pb.FLOAT16: 2}.get(dtype, 1)
         data = bytes(max(0, int(np.prod(shape))) * itemsize)
-    return pb.ScoreRequest(request_id="bad", samples=pb.Tensor(shape=shape, dtype=dtype, data=data),
+    return pb.ScoreRequest(request_id="bad", samples=pb.Tensor(shape=shape, dtype=dtype, data=data, layout=layout),
                            sample_ids=list(ids))
 
 
 @pytest.mark.parametrize("request_,message", [
     (raw_request([2, 1, 16, 16], dtype=pb.DATA_TYPE_UNSPECIFIED), "not supported"),
     (raw_request([2, 1, 16, 16], dtype=99), "not supported"),
-    (raw_request([2, 3, 16, 16]), "must have shape [N, 1, 16, 16]"),
+    (raw_request([2, 3, 16, 16]), "must have shape [N, 1, 16, 16] (NCHW), [N, 16, 16, 1] (NHWC), [N, 16, 16]"),
+    (raw_request([2, 16, 16, 1]), "look channels-last, send layout NHWC"),
+    (raw_request([2, 1, 16, 16], layout=pb.NHWC), "look channels-first, send layout NCHW"),
+    (raw_request([2, 16, 16, 3], layout=pb.NHWC), "got [2, 16, 16, 3] as NHWC"),
+    (raw_request([2, 1, 16, 16], layout=7), "samples.layout 7 is not a layout"),
+    (raw_request([2, 256]), "must have shape"),
     (raw_request([2, 1, 16, 16], data=b"\x00" * 100), "needs 512"),
     (raw_request([2, -1, 16, 16], data=b""), "negative dimension"),
     (raw_request([2**40, 2**40, 16, 16], data=b""), "needs"),
@@ -118,6 +123,22 @@ def test_float_and_float16_inputs_match_uint8(server, scorer):
         c = client.score((x.astype(np.float32) / 255).astype(np.float16))
     np.testing.assert_allclose(a.novelty_score, b.novelty_score, **NOVELTY_TOLERANCE)
     np.testing.assert_allclose(a.novelty_score, c.novelty_score, rtol=0.05, atol=0.05)
+
+
+def test_every_layout_gives_the_scores_of_channels_first(server, scorer):
+    x = samples(5, 12)  # (5, 1, 16, 16)
+    local = scorer.score(x)
+    with DetectorClient(server.target) as client:
+        info = client.model_info()
+        sent = {"NCHW [N,C,H,W]": client.score(x),
+                "NCHW [N,H,W]": client.score(x[:, 0]),
+                "NHWC [N,H,W,C]": client.score(np.ascontiguousarray(x.transpose(0, 2, 3, 1)), layout="NHWC"),
+                "NHWC [N,H,W]": client.score(x[:, 0], layout="NHWC")}
+    for name, remote in sent.items():
+        np.testing.assert_allclose(remote.novelty_score, local.scores["novelty"], **NOVELTY_TOLERANCE, err_msg=name)
+        np.testing.assert_allclose(remote.recon_error, local.scores["recon_error"], rtol=1e-4, atol=1e-6, err_msg=name)
+    accepted = {(pb.Layout.Name(a.layout), tuple(a.shape)) for a in info.accepted_shapes}
+    assert accepted == {("NCHW", (1, 16, 16)), ("NHWC", (16, 16, 1)), ("NCHW", (16, 16)), ("NHWC", (16, 16))}
 
 
 def test_stream_answers_in_order(server):

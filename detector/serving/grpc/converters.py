@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from google.protobuf.message import DecodeError
 
+from detector.data.layout import accepted_shapes
 from detector.errors import InvalidInput
 from detector.v1 import detector_pb2 as pb
 
@@ -68,11 +69,27 @@ def tensor_to_array(tensor: pb.Tensor) -> np.ndarray:
     return array
 
 
-def array_to_tensor(array: np.ndarray) -> pb.Tensor:
+def tensor_layout(tensor: pb.Tensor) -> str:
+    """The layout a tensor says it is in, by name ("NCHW", "NHWC"), or InvalidInput for a value no layout has."""
+    if tensor.layout not in pb.Layout.values():
+        raise InvalidInput(f"samples.layout {tensor.layout} is not a layout: use NCHW (0) or NHWC (1)")
+    return pb.Layout.Name(tensor.layout)
+
+
+def array_to_tensor(array: np.ndarray, layout: str = "NCHW") -> pb.Tensor:
     array = np.ascontiguousarray(array)
     if array.dtype not in _ENUM_OF:
         raise InvalidInput(f"arrays of dtype {array.dtype} cannot be sent: use uint8, float32 or float16")
-    return pb.Tensor(shape=list(array.shape), dtype=_ENUM_OF[array.dtype], data=array.astype(array.dtype.newbyteorder("<")).tobytes())
+    if layout not in pb.Layout.keys():
+        raise InvalidInput(f"unknown layout {layout!r}: use one of {', '.join(pb.Layout.keys())}")
+    return pb.Tensor(shape=list(array.shape), dtype=_ENUM_OF[array.dtype], layout=pb.Layout.Value(layout),
+                     data=array.astype(array.dtype.newbyteorder("<")).tobytes())
+
+
+def accepted_shapes_message(sample_shape: tuple[int, ...]) -> list[pb.AcceptedShape]:
+    """ModelInfo.accepted_shapes for a model of ``sample_shape``."""
+    return [pb.AcceptedShape(layout=pb.Layout.Value(layout), shape=list(shape))
+            for layout, shape in accepted_shapes(sample_shape)]
 
 
 def result_to_response(request_id: str, model_version: str, result: ScoreResult, sample_ids) -> pb.ScoreResponse:

@@ -35,6 +35,18 @@ def server_credentials(cert: str, key: str, client_ca: str | None) -> grpc.Serve
                                        root_certificates=ca, require_client_auth=ca is not None)
 
 
+def client_credentials(ca: str | None, cert: str | None, key: str | None) -> grpc.ChannelCredentials | None:
+    """A client's TLS: trust ``ca`` (the system's roots without it); with ``cert`` and ``key``, present that
+    certificate to a server that asks for one (mutual TLS). None when none of them is given (plaintext)."""
+    if (cert is None) != (key is None):
+        raise ConfigError("give --tls-cert and --tls-key together (the client certificate and its key)")
+    if ca is None and cert is None:
+        return None
+    return grpc.ssl_channel_credentials(read_secret(ca, "TLS CA") if ca else None,
+                                        read_secret(key, "TLS key") if key else None,
+                                        read_secret(cert, "TLS certificate") if cert else None)
+
+
 class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, token: str, on_denied=None):
         if not token:

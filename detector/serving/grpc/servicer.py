@@ -13,7 +13,8 @@ import grpc
 
 from detector.errors import (BundleError, DeadlineExpired, DetectorError, InvalidInput, ModelNotReady, Overloaded,
                              Unauthenticated)
-from detector.serving.grpc.converters import lenient_parser, parsed, result_to_response, tensor_to_array
+from detector.serving.grpc.converters import (accepted_shapes_message, lenient_parser, parsed, result_to_response,
+                                              tensor_layout, tensor_to_array)
 from detector.serving.service import ScoringService, deadline_from_remaining
 from detector.v1 import detector_pb2 as pb
 from detector.v1 import detector_pb2_grpc as pb_grpc
@@ -94,7 +95,7 @@ class DetectorServicer(pb_grpc.DetectorServicer):
         samples = tensor_to_array(request.samples)
         version, result = await self.service.score(samples, len(request.sample_ids),
                                                    deadline_from_remaining(context.time_remaining()),
-                                                   request.diagnostics)
+                                                   request.diagnostics, tensor_layout(request.samples))
         return result_to_response(request.request_id, version, result, request.sample_ids)
 
     @_observed("Score")
@@ -145,7 +146,8 @@ class DetectorServicer(pb_grpc.DetectorServicer):
             target_fpr=cal["novelty"].target_fpr if "novelty" in cal else 0.0,
             thresholds={k: c.threshold for k, c in cal.items()}, device=str(scorer.device),
             max_batch_samples=cfg.max_batch_samples, max_request_samples=cfg.max_request_samples,
-            data_kind=scorer.kind, diagnostics=list(self.service.diagnostics))
+            data_kind=scorer.kind, diagnostics=list(self.service.diagnostics),
+            accepted_shapes=accepted_shapes_message(scorer.sample_shape))
 
 
 def add_detector_service(servicer: DetectorServicer, server) -> None:

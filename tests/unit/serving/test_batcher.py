@@ -75,3 +75,29 @@ def test_admission_refuses_when_the_expected_wait_exceeds_the_budget():
     assert 8 <= len(refused) <= 18, len(refused)  # ~0.2 s of work admitted, the rest refused at once
     assert all("saturated" in str(r) for r in refused)
     assert all(isinstance(r, np.ndarray) for r in results if not isinstance(r, Overloaded))
+
+
+def test_a_request_the_queue_cannot_finish_before_its_deadline_is_refused_at_arrival():
+    def score(model, x):
+        time.sleep(0.05)
+        return x
+
+    async def main():
+        b = DynamicBatcher(score, lambda r, sizes: np.split(r, np.cumsum(sizes)[:-1]), max_batch_samples=4,
+                           max_delay_s=0.0, max_queue_samples=10_000)  # no wait budget: deadlines alone
+        b.start()
+        await b.submit(np.zeros((4, 1)))  # measures the speed: ~0.05 s per batch of 4
+        deadline = time.monotonic() + 0.3
+        results = await asyncio.gather(*(b.submit(np.zeros((4, 1)), deadline=deadline) for _ in range(20)),
+                                       return_exceptions=True)
+        idle = await b.submit(np.zeros((4, 1)), deadline=time.monotonic() + 0.02)  # nothing queued: tried
+        await b.drain()
+        return results, idle
+
+    results, idle = run(main())
+    refused = [r for r in results if isinstance(r, Overloaded)]
+    served = [r for r in results if isinstance(r, np.ndarray)]
+    assert len(served) + len(refused) == 20  # none admitted only to expire (DeadlineExpired)
+    assert 3 <= len(served) <= 7, len(served)  # ~0.3 s of 0.05 s batches admitted, the rest refused at once
+    assert all("cannot finish before the call's deadline" in str(r) and "ms left" in str(r) for r in refused)
+    assert isinstance(idle, np.ndarray)
