@@ -36,12 +36,13 @@ from loadgen import bench_samples, load  # noqa: E402
 
 
 # ---------------------------------------------------------------- server side
-def run_server(bundle: str, port_file: str, noop: bool, batching: bool, max_batch: int, max_delay_ms: float) -> None:
+def run_server(bundle: str, port_file: str, noop: bool, batching: bool, max_batch: int, max_delay_ms: float,
+               precision: str = "fp32") -> None:
     from detector.config import ServeConfig
     from detector.scoring.scorer import Scorer
     from detector.serving.grpc.server import start_server
 
-    scorer = Scorer.from_path(bundle)
+    scorer = Scorer.from_path(bundle, precision=precision)
     if noop:
         scorer = NoopScorer(scorer)
     cfg = ServeConfig(port=0, metrics_port=-1, max_batch_samples=max_batch, max_delay_ms=max_delay_ms,
@@ -74,11 +75,12 @@ class NoopScorer:
 
 
 class Server:
-    def __init__(self, bundle, noop=False, batching=True, max_batch=256, max_delay_ms=2.0):
+    def __init__(self, bundle, noop=False, batching=True, max_batch=256, max_delay_ms=2.0, precision="fp32"):
         self.port_file = tempfile.mktemp()
         self.proc = subprocess.Popen([sys.executable, __file__, "--role", "server", "--bundle", str(bundle),
                                       "--port-file", self.port_file, "--max-batch", str(max_batch),
-                                      "--max-delay-ms", str(max_delay_ms)] + (["--noop"] if noop else [])
+                                      "--max-delay-ms", str(max_delay_ms), "--precision", precision]
+                                     + (["--noop"] if noop else [])
                                      + ([] if batching else ["--no-batching"]))
         for _ in range(600):
             if os.path.exists(self.port_file) and Path(self.port_file).read_text():
@@ -119,10 +121,12 @@ def main() -> None:
     parser.add_argument("--max-batch", type=int, default=256)
     parser.add_argument("--max-delay-ms", type=float, default=2.0)
     parser.add_argument("--seconds", type=float, default=8.0)
+    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"), help="server role: on CUDA")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks")
     args = parser.parse_args()
     if args.role == "server":
-        run_server(args.bundle, args.port_file, args.noop, not args.no_batching, args.max_batch, args.max_delay_ms)
+        run_server(args.bundle, args.port_file, args.noop, not args.no_batching, args.max_batch, args.max_delay_ms,
+                   args.precision)
         return
 
     samples = bench_samples(args.bundle)

@@ -1,0 +1,93 @@
+"""The CUDA path: device placement, reduced precision against fp32, pinned non-blocking copies, training on the
+device, a 2-process NCCL step. Marked ``gpu``; each test skips with a reason where CUDA (or a second GPU) is
+missing, so the suite passes on CPU. `scripts/gpu_check.sh` runs them on a machine that has the device."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from detector.data.synthetic import bars
+from detector.scoring.scorer import Scorer
+
+pytestmark = [pytest.mark.gpu,
+              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (none visible)")]
+
+# Reduced precision runs the networks in bf16/fp16 while the likelihood and every score stay float32: the
+# difference to fp32 is the networks' rounding. Measured tolerances (relative to the spread of each score on
+# the batch) are stated here and in docs/benchmarks/gpu.md.
+PRECISION_TOLERANCE = {"bf16": 0.05, "fp16": 0.02}
+
+
+@pytest.fixture(scope="module")
+def x():
+    return np.concatenate([bars(96, size=16, seed=5), bars(32, size=16, seed=6, vertical=True)])
+
+
+def test_the_scorer_lives_on_the_device_and_matches_the_cpu(bundle_path, x):
+    gpu, cpu = Scorer.from_path(bundle_path, device="cuda"), Scorer.from_path(bundle_path, device="cpu")
+    assert next(gpu.model.parameters()).device.type == "cuda"
+    assert gpu.latent_reference.points is None or gpu.latent_reference.points.device.type == "cuda"
+    a, b = gpu.score(x), cpu.score(x)
+    for name in ("novelty", "neg_elbo", "recon_error", "latent_distance"):
+        np.testing.assert_allclose(a.scores[name], b.scores[name], rtol=1e-3, atol=1e-3, err_msg=name)
+    np.testing.assert_array_equal(a.novel["novelty"], b.novel["novelty"])
+
+
+def test_a_sample_scores_the_same_in_any_batch_on_the_device(bundle_path, x):
+    gpu = Scorer.from_path(bundle_path, device="cuda")
+    whole = gpu.score(x).scores["novelty"]
+    parts = np.concatenate([gpu.score(x[i:i + 37]).scores["novelty"] for i in range(0, len(x), 37)])
+    np.testing.assert_allclose(parts, whole, rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize("precision", sorted(PRECISION_TOLERANCE))
+def test_reduced_precision_stays_within_its_stated_tolerance_of_fp32(bundle_path, x, precision):
+    fp32 = Scorer.from_path(bundle_path, device="cuda").score(x)
+    low = Scorer.from_path(bundle_path, device="cuda", precision=precision).score(x)
+    for name in ("novelty", "neg_elbo", "recon_error"):
+        a, b = low.scores[name], fp32.scores[name]
+        assert a.dtype == np.float32
+        spread = float(np.std(b)) or 1.0
+        assert np.max(np.abs(a - b)) / spread < PRECISION_TOLERANCE[precision], (name, np.max(np.abs(a - b)), spread)
+
+
+def test_batches_are_copied_from_pinned_memory_without_blocking(bundle_path, x):
+    gpu = Scorer.from_path(bundle_path, device="cuda")
+    t = gpu._to_device(x)
+    assert t.device.type == "cuda" and t.shape == (len(x), 1, 16, 16)
+    torch.cuda.synchronize()
+    np.testing.assert_allclose(t.cpu().numpy(), x.astype(np.float32) / 255, atol=1e-7)
+
+
+def test_training_runs_on_the_device(data_dir, tmp_path):
+    from detector.data import load_spec
+    from detector.training.pipeline import train_bundle
+    from tests.conftest import tiny_settings
+
+    settings = tiny_settings(epochs=2)
+    settings.train.device = "cuda"
+    train_bundle(load_spec(str(data_dir / "normal.npz")), settings, tmp_path / "b", progress=False)
+    config = json.loads((tmp_path / "b" / "config.json").read_text())
+    assert np.isfinite(config["train"]["val_loss"]).all()
+    assert Scorer.from_path(tmp_path / "b", device="cuda").score(bars(4, size=16)).scores["novelty"].shape == (4,)
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="a 2-process NCCL step needs 2 GPUs")
+def test_two_process_nccl_training(data_dir, tmp_path):
+    toml = "[model]\nlatent_dim = 4\nbase_channels = 8\n[train]\nbatch_size = 32\nwarmup_epochs = 1\ndevice = \"cuda\"\n"
+    (tmp_path / "t.toml").write_text(toml)
+    torchrun = str(Path(sys.executable).parent / "torchrun")
+    run = subprocess.run([torchrun, "--standalone", "--nproc_per_node=2", "-m", "detector", "--quiet", "train",
+                          "--data", str(data_dir / "normal.npz"), "--config", str(tmp_path / "t.toml"), "--epochs", "2",
+                          "--out", str(tmp_path / "two")], capture_output=True, text=True, timeout=600,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert (tmp_path / "two" / "manifest.json").exists()
