@@ -8,7 +8,10 @@
 (c) the real server, 64 clients sending 1-sample requests, batching on and off;
 (d) the real server, 8 clients sending 64-sample requests;
 (e) open-loop load at half the highest sustained 1-sample rate: p99 against
-    max_delay_ms + 2 x one full batch's compute.
+    max_delay_ms + 2 x one full batch's compute;
+(f) with --overload, instead of (a)-(e): overload, 256 clients x 64 samples with 2 s deadlines for 10 s (about 20x what
+    2 cores score), beside (d): the share of admitted requests (OK or DEADLINE_EXCEEDED) that missed their
+    deadline, goodput against (d), and every status code seen. Writes serving-overload.{md,json}.
 Clients run in separate processes (asyncio, grpc.aio) and check that every response carries
 its own request id and sample ids: lost, duplicated or swapped answers are counted.
 Load targets loopback only and stops by itself.
@@ -31,7 +34,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from benchlib import stamp  # noqa: E402
+from benchlib import stamp, write_results  # noqa: E402
 from loadgen import bench_samples, load  # noqa: E402
 
 
@@ -121,6 +124,7 @@ def main() -> None:
     parser.add_argument("--max-batch", type=int, default=256)
     parser.add_argument("--max-delay-ms", type=float, default=2.0)
     parser.add_argument("--seconds", type=float, default=8.0)
+    parser.add_argument("--overload", action="store_true", help="(d) and (f) alone, into serving-overload.md")
     parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"), help="server role: on CUDA")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks")
     args = parser.parse_args()
@@ -130,6 +134,9 @@ def main() -> None:
         return
 
     samples = bench_samples(args.bundle)
+    if args.overload:
+        overload(args, samples)
+        return
     res = {}
     res["a_ceiling_samples_per_s"], batch_s = ceiling(args.bundle, args.max_batch)
     print(f"(a) in-process Scorer at batch {args.max_batch}: {res['a_ceiling_samples_per_s']:.0f} samples/s "
@@ -186,6 +193,37 @@ def main() -> None:
     lines += ["", "| check | value |", "|---|---|"] + [f"| {k} | {v:.3f} |" for k, v in checks.items()]
     (args.out / "serving.md").write_text("\n".join(lines) + "\n")
     print(f"wrote {args.out / 'serving.md'}")
+
+
+def overload(args, samples) -> None:
+    """(d) and (f) in one run, one server: admission by deadline under 20x overload."""
+    with Server(args.bundle, batching=True, max_delay_ms=args.max_delay_ms) as s:
+        d = load(s.target, samples, args.seconds, 64, 8)
+        print(f"(d) 8 clients x 64 samples: {d}", flush=True)
+        f = load(s.target, samples, 10.0, 64, 256, timeout=2.0)
+        print(f"(f) 256 clients x 64 samples, 2 s deadlines: {f}", flush=True)
+    missed = f["codes"].get("DEADLINE_EXCEEDED", 0)
+    admitted = f["ok"] + missed
+    res = stamp({"d_8x64": d, "f_overload": f, "checks": {
+        "(f) admitted requests that missed their deadline <= 0.05": missed / max(admitted, 1),
+        "(f) goodput / (d) >= 0.7": f["samples_per_s"] / d["samples_per_s"],
+        "(f) codes other than OK, RESOURCE_EXHAUSTED, UNAVAILABLE, DEADLINE_EXCEEDED":
+            sum(n for c, n in f["codes"].items() if c not in ("OK", "RESOURCE_EXHAUSTED", "UNAVAILABLE",
+                                                              "DEADLINE_EXCEEDED")),
+        "lost + duplicated + swapped answers": d["bad"] + f["bad"]}})
+    lines = ["# Serving under overload", "",
+             f"Measured by `.venv/bin/python scripts/bench_serve.py --bundle BUNDLE --overload --seconds {args.seconds:g}` "
+             f"on {res['machine']}, {res['date']}; default server settings (max batch {args.max_batch}, max delay "
+             f"{args.max_delay_ms:g} ms, max queue wait 5000 ms). Clients in 4 processes on the same machine; a refused "
+             "client sends its next request at once.", "",
+             "| run | requests | OK | samples/s (goodput) | p99 ms (OK) | codes |", "|---|---|---|---|---|---|"]
+    for name, r in (("(d) 8 clients x 64", d), ("(f) 256 clients x 64, 2 s deadlines, 10 s", f)):
+        lines.append(f"| {name} | {r['requests']} | {r['ok']} | {r['samples_per_s']:.0f} | {r['p99_ms']:.1f} | "
+                     + ", ".join(f"{c} {n}" for c, n in sorted(r["codes"].items())) + " |")
+    lines += ["", "| check | value |", "|---|---|"] + [f"| {k} | {v:.3f} |" for k, v in res["checks"].items()]
+    for k, v in res["checks"].items():
+        print(f"{k}: {v:.3f}")
+    write_results(args.out, "serving-overload", res, lines)
 
 
 if __name__ == "__main__":

@@ -28,6 +28,12 @@ import numpy as np
 from detector.errors import DeadlineExpired, Overloaded
 
 
+# A request is admitted only if the queue ahead of it, and its own samples, are predicted to finish with this much
+# to spare before its deadline: the prediction is a mean, and the answer must still travel back. At 1.0, under a
+# 20x overload on 2 cores, half of the admitted requests missed their deadline (docs/benchmarks/serving-overload.md).
+DEADLINE_MARGIN = 1.5
+
+
 class BatchObserver(Protocol):
     def batch_scored(self, n_samples: int, inference_seconds: float) -> None: ...
     def queue_waited(self, seconds: float) -> None: ...
@@ -40,6 +46,7 @@ class _Pending:
     deadline: float | None  # time.monotonic() seconds
     future: asyncio.Future
     enqueued: float = field(default_factory=time.monotonic)
+    queued: bool = True  # still in the queue (not yet taken into a batch)
 
 
 class ScoringSpeed:
@@ -50,10 +57,23 @@ class ScoringSpeed:
         self.max_batch_samples = max_batch_samples
         self.smoothing = smoothing
         self._moments: np.ndarray | None = None  # weighted means of n, t, n*n, n*t
+        self._last: tuple[int, float] | None = None  # the latest batch: samples, seconds
 
     def update(self, n_samples: int, seconds: float) -> None:
         m = np.array([n_samples, seconds, n_samples * n_samples, n_samples * seconds], dtype=np.float64)
         self._moments = m if self._moments is None else (1 - self.smoothing) * self._moments + self.smoothing * m
+        self._last = (n_samples, seconds)
+
+    def slowdown(self) -> float:
+        """How much slower the latest batch ran than the fit predicts for its size (>= 1). The fit averages over
+        many batches and lags a sudden slowdown (cores taken by a load spike): the wait is predicted with the
+        latest batch's pace until the fit catches up, so admission does not let in requests that cannot finish."""
+        if self._last is None:
+            return 1.0
+        per_batch, per_sample = self.cost()
+        n, seconds = self._last
+        predicted = per_batch + per_sample * n
+        return max(1.0, seconds / predicted) if predicted > 0 else 1.0
 
     def cost(self) -> tuple[float, float]:
         """(seconds per batch, seconds per sample); (0, 0) before any batch was scored."""
@@ -69,9 +89,15 @@ class ScoringSpeed:
     def expected_wait(self, queued_samples: int, busy_samples: int = 0, busy_for: float = 0.0) -> float:
         """Seconds until ``queued_samples`` are scored, behind a batch of ``busy_samples`` running ``busy_for``."""
         per_batch, per_sample = self.cost()
+        pace = self.slowdown()
+        current = 0.0
+        if busy_samples:
+            fitted = per_batch + per_sample * busy_samples
+            if fitted > 0:  # the batch running now, already slower than predicted: the queue will be too
+                pace = max(pace, busy_for / fitted)
+            current = max(pace * fitted - busy_for, 0.0)
         batches = -(-queued_samples // self.max_batch_samples)
-        current = max(per_batch + per_sample * busy_samples - busy_for, 0.0) if busy_samples else 0.0
-        return current + batches * per_batch + queued_samples * per_sample
+        return current + pace * (batches * per_batch + queued_samples * per_sample)
 
 
 class DynamicBatcher:
@@ -123,7 +149,7 @@ class DynamicBatcher:
         if self.max_queue_wait_s is not None and self._queued_samples and done_in > self.max_queue_wait_s:
             raise Overloaded(f"server saturated: {self._queued_samples} samples queued, about {done_in * 1000:.0f} ms "
                              f"of scoring (limit {self.max_queue_wait_s * 1000:.0f} ms); retry later")
-        if deadline is not None and now + done_in + self.max_delay_s > deadline:
+        if deadline is not None and now + DEADLINE_MARGIN * done_in + self.max_delay_s > deadline:
             raise Overloaded(f"cannot finish before the call's deadline: about {done_in * 1000:.0f} ms of scoring "
                              f"queued up to this request, {max(deadline - now, 0.0) * 1000:.0f} ms left; retry later "
                              "or with a longer deadline")
@@ -140,17 +166,26 @@ class DynamicBatcher:
         try:
             return await asyncio.shield(item.future)
         except asyncio.CancelledError:
-            # The caller went away: its samples may still be scored with the batch, the answer is dropped.
+            # The caller went away (its deadline passed, it hung up): a request still queued is not scored, and
+            # one in the forward pass already has its answer dropped.
+            if not item.future.done():
+                item.future.cancel()
+                if item.queued:  # its samples no longer count against admission
+                    self._queued_samples -= n
             raise
 
     def _take_batch(self) -> list[_Pending]:
         batch, size = [], 0
         while self._queue:
+            if self._queue[0].future.cancelled():  # its caller left while it was queued; already uncounted
+                self._queue.popleft()
+                continue
             n = len(self._queue[0].samples)
             other_model = bool(batch) and self._queue[0].model != batch[0].model
             if batch and (size + n > self.max_batch_samples or not self.enabled or other_model):
                 break
             item = self._queue.popleft()
+            item.queued = False
             self._queued_samples -= n
             batch.append(item)
             size += n

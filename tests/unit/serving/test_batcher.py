@@ -101,3 +101,42 @@ def test_a_request_the_queue_cannot_finish_before_its_deadline_is_refused_at_arr
     assert 3 <= len(served) <= 7, len(served)  # ~0.3 s of 0.05 s batches admitted, the rest refused at once
     assert all("cannot finish before the call's deadline" in str(r) and "ms left" in str(r) for r in refused)
     assert isinstance(idle, np.ndarray)
+
+
+def test_the_wait_is_predicted_at_the_latest_batch_pace_when_scoring_slows_down():
+    speed = ScoringSpeed(max_batch_samples=64)
+    for _ in range(50):
+        speed.update(64, 0.064)  # 1 ms a sample, for a long while
+    assert speed.expected_wait(128) == pytest.approx(0.128, rel=1e-6)
+    speed.update(64, 0.256)  # the cores are taken: this batch ran 4x slower
+    assert speed.slowdown() == pytest.approx(0.256 / (0.064 * 0.95 + 0.256 * 0.05), rel=1e-6)
+    assert speed.expected_wait(128) > 3 * 0.128  # not the long average's 0.128 s
+
+
+def test_a_request_whose_caller_left_is_not_scored():
+    scored = []
+
+    def score(model, x):
+        scored.append(len(x))
+        time.sleep(0.1)
+        return x
+
+    async def main():
+        b = DynamicBatcher(score, lambda r, sizes: np.split(r, np.cumsum(sizes)[:-1]), max_batch_samples=4,
+                           max_delay_s=0.0)
+        b.start()
+        first = asyncio.ensure_future(b.submit(np.zeros((4, 1))))
+        await asyncio.sleep(0.02)  # the first batch is running
+        gone = asyncio.ensure_future(b.submit(np.zeros((3, 1))))
+        await asyncio.sleep(0.01)
+        assert b.queue_depth == 3
+        gone.cancel()  # its caller hangs up while it waits
+        await asyncio.sleep(0)
+        assert b.queue_depth == 0
+        await first
+        kept = await b.submit(np.zeros((2, 1)))
+        await b.drain()
+        return kept
+
+    assert len(run(main())) == 2
+    assert scored == [4, 2]  # the 3 samples of the caller that left never reached the model
