@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from detector.config import ModelConfig
+from detector.errors import ConfigError
 from detector.model import likelihoods
 
 
@@ -270,7 +271,8 @@ def resolve_model_config(cfg: ModelConfig, kind: str, input_shape: tuple[int, ..
     """Fill in what 'auto' leaves open from the data: architecture, likelihood, input shape."""
     model_kind = cfg.kind if cfg.kind != "auto" else ("conv" if kind == "image" else "mlp")
     if model_kind == "conv" and len(input_shape) != 3:
-        raise ValueError(f"a conv VAE needs (C, H, W) inputs, got {input_shape}")
+        raise ConfigError(f'[model] kind = "conv" needs images (C, H, W); this data has samples of shape '
+                          f'{tuple(input_shape)}: use kind = "mlp" or "auto"')
     likelihood = cfg.likelihood if cfg.likelihood != "auto" else ("logistic" if kind == "image" else "gaussian")
     flat = (math.prod(input_shape),) if model_kind == "mlp" and len(input_shape) > 1 else tuple(input_shape)
     return dataclasses.replace(cfg, kind=model_kind, likelihood=likelihood, input_shape=flat,

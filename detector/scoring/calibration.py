@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from detector.errors import ConfigError, DataError
 from detector.model.device import numpy_or_tensor, on_device
 
 MIN_EXCEEDANCES = 10  # fewer calibration samples above the threshold than this: a noisy threshold
@@ -48,10 +49,11 @@ class ScoreCalibration:
 
 def calibrate_score(name: str, scores: np.ndarray, target_fpr: float) -> ScoreCalibration:
     if not 0 < target_fpr < 1:
-        raise ValueError(f"target FPR must lie in (0, 1), got {target_fpr}")
+        raise ConfigError(f"target FPR must lie in (0, 1), got {target_fpr}")
     values = np.sort(np.asarray(scores, dtype=np.float64))
     if len(values) == 0 or not np.isfinite(values).all():
-        raise ValueError(f"calibration scores for {name} are empty or not finite")
+        raise DataError(f"calibration scores for {name} are empty or not finite: the held-out data gives the model "
+                        "no usable scores (check it is the data the model was trained on, and finite)")
     n = len(values)
     rank = math.ceil((n + 1) * (1 - target_fpr))
     if rank > n:

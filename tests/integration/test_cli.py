@@ -201,3 +201,13 @@ def test_diagnostics_flag_adds_columns_and_an_unknown_name_is_one_line(bundle_pa
                    str(tmp_path / "t.csv"), "--diagnostics", "regret")
     assert bad.returncode == 2 and "unknown diagnostic 'regret'" in bad.stderr and "Traceback" not in bad.stderr
     assert not (tmp_path / "t.csv").exists()
+
+
+def test_a_conv_model_asked_for_vectors_is_one_line_not_a_traceback(tmp_path):
+    np.save(tmp_path / "v.npy", np.random.default_rng(0).random((64, 8)).astype(np.float32))
+    (tmp_path / "c.toml").write_text('[model]\nkind = "conv"\n')
+    proc = detector("train", "--data", str(tmp_path / "v.npy"), "--config", str(tmp_path / "c.toml"),
+                    "--out", str(tmp_path / "b"))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert 'kind = "conv" needs images' in proc.stderr and 'use kind = "mlp" or "auto"' in proc.stderr
+    assert not (tmp_path / "b").exists()

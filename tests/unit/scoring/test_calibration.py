@@ -39,7 +39,9 @@ def test_small_calibration_set_warns():
 
 
 def test_rejects_nonfinite_and_bad_fpr():
-    with pytest.raises(ValueError):
+    from detector.errors import ConfigError, DataError
+
+    with pytest.raises(DataError, match="not finite"):
         calibrate_score("s", np.array([1.0, np.nan]), 0.01)
-    with pytest.raises(ValueError):
+    with pytest.raises(ConfigError, match="target FPR"):
         calibrate_score("s", np.arange(10.0), 1.5)
