@@ -153,10 +153,10 @@ def _health(args: argparse.Namespace) -> int:
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+    from detector.client import open_channel
+
     security = _client_security(args)
-    channel = (grpc.secure_channel(args.target, security["credentials"]) if security["credentials"]
-               else grpc.insecure_channel(args.target))
-    with channel:
+    with open_channel(args.target, security["credentials"]) as channel:
         try:
             reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=args.service),
                                                               timeout=args.timeout, metadata=security["metadata"])

@@ -50,6 +50,12 @@ class RemoteResult:
         return len(self.columns["novelty_score"])
 
 
+def open_channel(target: str, credentials: grpc.ChannelCredentials | None = None, options=None) -> grpc.Channel:
+    """A blocking channel: TLS with ``credentials``, plaintext without."""
+    return (grpc.secure_channel(target, credentials, options) if credentials
+            else grpc.insecure_channel(target, options))
+
+
 def _request(samples: np.ndarray, sample_ids: Sequence[str] | None, request_id: str | None,
              diagnostics: Sequence[str] = (), layout: str = "NCHW") -> pb.ScoreRequest:
     return pb.ScoreRequest(request_id=request_id or uuid.uuid4().hex, samples=array_to_tensor(samples, layout),
@@ -63,9 +69,7 @@ def _result(response: pb.ScoreResponse) -> RemoteResult:
 class DetectorClient:
     def __init__(self, target: str, timeout: float = 10.0, retries: int = 4,
                  credentials: grpc.ChannelCredentials | None = None, metadata: Sequence[tuple[str, str]] = ()):
-        opts = channel_options(retries)
-        self._channel = (grpc.secure_channel(target, credentials, opts) if credentials
-                         else grpc.insecure_channel(target, opts))
+        self._channel = open_channel(target, credentials, channel_options(retries))
         self._stub = pb_grpc.DetectorStub(self._channel)
         self.timeout = timeout
         self.metadata = tuple(metadata)

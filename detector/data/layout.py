@@ -40,13 +40,18 @@ def describe_accepted(sample_shape: tuple[int, ...]) -> str:
     return ", ".join(parts)
 
 
-def to_channels_first(batch: np.ndarray, layout: str, sample_shape: tuple[int, ...]) -> np.ndarray:
-    """``batch`` in ``layout`` as (N, *sample_shape), or InvalidInput naming every accepted shape; feature vectors
-    ignore the layout. A view, never a
-    copy: NHWC comes back as a transposed view, which the batch that gathers requests copies once (as it does any
-    request)."""
+def check_layout(layout: str) -> str:
+    """``layout`` itself, or InvalidInput naming the layouts there are."""
     if layout not in LAYOUTS:
         raise InvalidInput(f"unknown layout {layout!r}: use one of {', '.join(LAYOUTS)}")
+    return layout
+
+
+def to_channels_first(batch: np.ndarray, layout: str, sample_shape: tuple[int, ...]) -> np.ndarray:
+    """``batch`` in ``layout`` as (N, *sample_shape), or InvalidInput naming every accepted shape; feature vectors
+    ignore the layout. A view, never a copy: NHWC comes back transposed, and the one copy is made where requests
+    are gathered into a batch or converted to model space, as for any request."""
+    check_layout(layout)
     sample_shape = tuple(sample_shape)
     got = tuple(batch.shape[1:])
     if len(sample_shape) == 3:

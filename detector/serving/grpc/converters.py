@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from google.protobuf.message import DecodeError
 
-from detector.data.layout import accepted_shapes
+from detector.data.layout import accepted_shapes, check_layout
 from detector.errors import InvalidInput
 from detector.v1 import detector_pb2 as pb
 
@@ -80,9 +80,8 @@ def array_to_tensor(array: np.ndarray, layout: str = "NCHW") -> pb.Tensor:
     array = np.ascontiguousarray(array)
     if array.dtype not in _ENUM_OF:
         raise InvalidInput(f"arrays of dtype {array.dtype} cannot be sent: use uint8, float32 or float16")
-    if layout not in pb.Layout.keys():
-        raise InvalidInput(f"unknown layout {layout!r}: use one of {', '.join(pb.Layout.keys())}")
-    return pb.Tensor(shape=list(array.shape), dtype=_ENUM_OF[array.dtype], layout=pb.Layout.Value(layout),
+    return pb.Tensor(shape=list(array.shape), dtype=_ENUM_OF[array.dtype],
+                     layout=pb.Layout.Value(check_layout(layout)),
                      data=array.astype(array.dtype.newbyteorder("<")).tobytes())
 
 

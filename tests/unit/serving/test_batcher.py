@@ -34,6 +34,21 @@ def run(coro):
     return asyncio.run(coro)
 
 
+def split_rows(result, sizes):
+    """The batcher's ``split`` for array results: each request's rows, in order."""
+    return np.split(result, np.cumsum(sizes)[:-1])
+
+
+def sleeping_model(seconds: float, seen: list | None = None):
+    """A ``score_batch`` that takes ``seconds`` per batch, returns its input, and records each batch's size."""
+    def score(model, x):
+        if seen is not None:
+            seen.append(len(x))
+        time.sleep(seconds)
+        return x
+    return score
+
+
 def test_batches_never_mix_models_and_each_request_gets_its_own_rows():
     seen = []
 
@@ -42,8 +57,7 @@ def test_batches_never_mix_models_and_each_request_gets_its_own_rows():
         return x * (1 if model == "a" else -1)
 
     async def main():
-        b = DynamicBatcher(score, lambda r, sizes: np.split(r, np.cumsum(sizes)[:-1]), max_batch_samples=64,
-                           max_delay_s=0.05)
+        b = DynamicBatcher(score, split_rows, max_batch_samples=64, max_delay_s=0.05)
         b.start()
         xs = [np.full((2, 3), i, np.float32) for i in range(6)]
         out = await asyncio.gather(*(b.submit(x, model="a" if i < 3 else "b") for i, x in enumerate(xs)))
@@ -57,12 +71,8 @@ def test_batches_never_mix_models_and_each_request_gets_its_own_rows():
 
 
 def test_admission_refuses_when_the_expected_wait_exceeds_the_budget():
-    def score(model, x):
-        time.sleep(0.05)
-        return x
-
     async def main():
-        b = DynamicBatcher(score, lambda r, sizes: np.split(r, np.cumsum(sizes)[:-1]), max_batch_samples=4,
+        b = DynamicBatcher(sleeping_model(0.05), split_rows, max_batch_samples=4,
                            max_delay_s=0.0, max_queue_samples=10_000, max_queue_wait_s=0.2)
         b.start()
         await b.submit(np.zeros((4, 1)))  # measures the speed: ~0.05 s per batch of 4
@@ -78,12 +88,8 @@ def test_admission_refuses_when_the_expected_wait_exceeds_the_budget():
 
 
 def test_a_request_the_queue_cannot_finish_before_its_deadline_is_refused_at_arrival():
-    def score(model, x):
-        time.sleep(0.05)
-        return x
-
     async def main():
-        b = DynamicBatcher(score, lambda r, sizes: np.split(r, np.cumsum(sizes)[:-1]), max_batch_samples=4,
+        b = DynamicBatcher(sleeping_model(0.05), split_rows, max_batch_samples=4,
                            max_delay_s=0.0, max_queue_samples=10_000)  # no wait budget: deadlines alone
         b.start()
         await b.submit(np.zeros((4, 1)))  # measures the speed: ~0.05 s per batch of 4
@@ -116,13 +122,8 @@ def test_the_wait_is_predicted_at_the_latest_batch_pace_when_scoring_slows_down(
 def test_a_request_whose_caller_left_is_not_scored():
     scored = []
 
-    def score(model, x):
-        scored.append(len(x))
-        time.sleep(0.1)
-        return x
-
     async def main():
-        b = DynamicBatcher(score, lambda r, sizes: np.split(r, np.cumsum(sizes)[:-1]), max_batch_samples=4,
+        b = DynamicBatcher(sleeping_model(0.1, scored), split_rows, max_batch_samples=4,
                            max_delay_s=0.0)
         b.start()
         first = asyncio.ensure_future(b.submit(np.zeros((4, 1))))
