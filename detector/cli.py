@@ -106,6 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="requests per ScoreStream before it is ended with RESOURCE_EXHAUSTED; 0: no limit")
     p.add_argument("--no-batching", action="store_true", help="one request per forward pass (benchmarks)")
     p.add_argument("--grace-s", type=float, default=20.0, help="SIGTERM: time in-flight requests get to finish")
+    p.add_argument("--drift-window", type=_positive_int, default=1000, metavar="SAMPLES",
+                   help="drift tests (detector_drift_p_value) run on the primary score's p-values of the last this "
+                        "many samples (default 1000; at least 30)")
     p.add_argument("--tls-cert", metavar="PEM", help="serve TLS with this certificate chain (needs --tls-key)")
     p.add_argument("--tls-key", metavar="PEM")
     p.add_argument("--tls-client-ca", metavar="PEM", help="require client certificates signed by this CA (mTLS)")
@@ -213,7 +216,7 @@ def _serve(args: argparse.Namespace) -> int:
                       max_delay_ms=args.max_delay_ms, max_queue_samples=args.max_queue_samples,
                       max_queue_wait_ms=args.max_queue_wait_ms, max_stream_requests=args.max_stream_requests,
                       max_request_samples=args.max_request_samples, max_message_bytes=args.max_message_mb << 20,
-                      batching=not args.no_batching, grace_s=args.grace_s, tls_cert=args.tls_cert,
+                      batching=not args.no_batching, grace_s=args.grace_s, drift_window_samples=args.drift_window, tls_cert=args.tls_cert,
                       tls_key=args.tls_key, tls_client_ca=args.tls_client_ca, auth_token=_auth_token(args))
     cfg.validate()
     scorer = Scorer.from_path(args.model, device=args.device, precision=args.precision)

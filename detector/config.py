@@ -204,6 +204,7 @@ class ServeConfig:
     max_message_bytes: int = 64 * 1024 * 1024  # gRPC receive/send limit
     batching: bool = True  # off: one request per forward pass (benchmark baseline)
     novelty_window_s: float = 60.0  # sliding window of detector_novelty_rate
+    drift_window_samples: int = 1000  # the last this many primary p-values are tested for drift (scoring/drift.py)
     grace_s: float = 20.0  # SIGTERM: in-flight requests get this long to finish
     stream_max_in_flight: int = 32  # per ScoreStream: requests scored ahead of the one being answered
     max_stream_requests: int = 1_000_000  # per ScoreStream, then RESOURCE_EXHAUSTED (reconnects rebalance); 0: none
@@ -215,6 +216,8 @@ class ServeConfig:
     def validate(self) -> None:
         if self.max_batch_samples < 1 or self.max_request_samples < 1 or self.max_queue_samples < 1:
             raise ConfigError("batch, request and queue limits must be >= 1")
+        if self.drift_window_samples < 30:
+            raise ConfigError("the drift window needs at least 30 samples for its tests to hold")
         if self.max_stream_requests < 0:
             raise ConfigError("max_stream_requests must be >= 0 (0: no limit)")
         if self.max_delay_ms < 0 or self.max_queue_wait_ms < 0:

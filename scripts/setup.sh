@@ -3,6 +3,7 @@
 # Safe to run again: each step checks what is already there.
 #   scripts/setup.sh            developer / CI machine: data set, test tools, dev extras
 #   scripts/setup.sh --runtime  server image (deploy/Dockerfile): the package and its runtime dependencies only
+# TORCH_INDEX_URL=... takes torch and torchvision from that index (the CPU-only build, say) before the rest.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -41,6 +42,10 @@ want="$(sha256sum pyproject.toml | cut -d' ' -f1)$EXTRAS"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ] || ! .venv/bin/python -c 'import detector, torch' 2>/dev/null; then
     echo "setup: installing Python packages into .venv (torch 2.14.1 from the local wheel cache; a few minutes)"
     .venv/bin/python -m pip install -q --upgrade pip
+    if [ -n "${TORCH_INDEX_URL:-}" ]; then  # e.g. https://download.pytorch.org/whl/cpu: the CPU-only build
+        .venv/bin/python -m pip install -q --index-url "$TORCH_INDEX_URL" \
+            $(grep -oE '"(torch|torchvision)==[^"]+"' pyproject.toml | tr -d '"')
+    fi
     .venv/bin/python -m pip install -q -e ".$EXTRAS"
     echo "$want" > "$stamp"
 fi

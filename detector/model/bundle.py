@@ -71,6 +71,21 @@ def _write_files(bundle: Bundle, folder: Path) -> None:
     bundle.sha256 = files
 
 
+def _current_umask() -> int:
+    mask = os.umask(0o022)  # the only portable way to read it is to set it; restored at once
+    os.umask(mask)
+    return mask
+
+
+def _honour_umask(folder: Path) -> None:
+    """Give the bundle the modes any other tool's output gets: ``mkdtemp`` makes 0700 and safetensors
+    writes 0600 whatever the umask, which a server running as another user (a container's uid) cannot read."""
+    mask = _current_umask()
+    folder.chmod(0o777 & ~mask)
+    for file in folder.iterdir():
+        file.chmod(0o666 & ~mask)
+
+
 def save_bundle(bundle: Bundle, path: str | Path) -> None:
     """Write ``bundle`` to ``path`` atomically, replacing an existing bundle only once complete."""
     path = Path(path)
@@ -80,6 +95,7 @@ def save_bundle(bundle: Bundle, path: str | Path) -> None:
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
         _write_files(bundle, tmp)
+        _honour_umask(tmp)
         for name in (*REQUIRED, MANIFEST):
             with open(tmp / name, "rb") as fh:
                 os.fsync(fh.fileno())

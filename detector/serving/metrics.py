@@ -17,6 +17,10 @@ import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 
+from detector.scoring.calibration import ScoreCalibration
+from detector.scoring.drift import DriftTest, DriftWindow
+from detector.scoring.scorer import ScoreResult
+
 # Latency buckets around the targets: a few ms per request, batches up to ~100 ms on CPU.
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15,
                    0.25, 0.5, 1.0, 2.5, 5.0)
@@ -57,7 +61,7 @@ class SlidingRate:
 
 
 class ServerMetrics:
-    def __init__(self, registry: CollectorRegistry, window_s: float = 60.0):
+    def __init__(self, registry: CollectorRegistry, window_s: float = 60.0, drift_window_samples: int = 1000):
         self.registry = registry
         self.samples_scored = Counter("detector_samples_scored_total", "Samples scored.", ["model_version"],
                                       registry=registry)
@@ -86,6 +90,8 @@ class ServerMetrics:
             self.reloads.labels(outcome)  # exported as 0 from the start, so alerts see the series
         self.window_s = window_s
         self._rates: dict[str, SlidingRate] = {}
+        self.drift_window_samples = drift_window_samples
+        self._drift: tuple[str, DriftWindow] | None = None  # (model_version, window): a new model starts afresh
         self._live: Callable[[], dict] = lambda: {}
         registry.register(_LiveCollector(self))
 
@@ -101,8 +107,8 @@ class ServerMetrics:
     def queue_waited(self, seconds: float) -> None:
         self.queue_wait.observe(seconds)
 
-    def record_results(self, model_version: str, novel: dict[str, np.ndarray], scores: dict[str, np.ndarray],
-                       resample: np.ndarray | None) -> None:
+    def record_results(self, model_version: str, result: ScoreResult, primary: ScoreCalibration | None) -> None:
+        novel, scores, resample = result.novel, result.scores, result.resample
         n = len(next(iter(novel.values())))
         self.samples_scored.labels(model_version).inc(n)
         for name, flags in novel.items():
@@ -115,6 +121,20 @@ class ServerMetrics:
                 hist.observe(float(value))
         if resample is not None:
             self.resample_flags.labels(model_version).inc(int(np.count_nonzero(resample)))
+        if primary is not None:
+            self.drift_window(model_version, primary).add(result.p_values[primary.name])
+
+    def drift_window(self, model_version: str, primary: ScoreCalibration) -> DriftWindow:
+        if self._drift is None or self._drift[0] != model_version:
+            self._drift = (model_version, DriftWindow(self.drift_window_samples, primary.target_fpr, primary.n))
+        return self._drift[1]
+
+    def drift(self) -> tuple[str, dict[str, DriftTest], int]:
+        """The served model's version, its drift tests (empty until the window holds enough) and window fill."""
+        current = self._drift
+        if current is None:
+            return "", {}, 0
+        return current[0], current[1].tests(), current[1].filled
 
     def rates(self) -> dict[str, float | None]:
         return {name: r.rate() for name, r in self._rates.items()}
@@ -150,6 +170,25 @@ class _LiveCollector:
         for name, value in live.get("thresholds", {}).items():
             threshold.add_metric([version, name], value)
         yield threshold
+        drift_version, tests, filled = self.metrics.drift()
+        p_value = GaugeMetricFamily("detector_drift_p_value",
+                                    "Drift tests of the primary score's p-values over the last "
+                                    f"{self.metrics.drift_window_samples} samples against Uniform(0,1): ks "
+                                    "(Kolmogorov-Smirnov), binomial (share at or below the target FPR). Small: drift.",
+                                    labels=["model_version", "test"])
+        statistic = GaugeMetricFamily("detector_drift_statistic",
+                                      "The drift tests' statistics: ks D; binomial the share flagged.",
+                                      labels=["model_version", "test"])
+        for name, test in tests.items():
+            p_value.add_metric([drift_version, name], test.p_value)
+            statistic.add_metric([drift_version, name], test.statistic)
+        yield p_value
+        yield statistic
+        window = GaugeMetricFamily("detector_drift_window_samples", "Samples in the drift window (tests from 100).",
+                                   labels=["model_version"])
+        if drift_version:
+            window.add_metric([drift_version], float(filled))
+        yield window
         ready = GaugeMetricFamily("detector_ready", "1 when the model is loaded and warmed up and not draining.")
         ready.add_metric([], 1.0 if live.get("ready") else 0.0)
         yield ready

@@ -14,7 +14,7 @@ import torch
 from detector.config import ServeConfig
 from detector.data.layout import to_channels_first
 from detector.errors import BundleError, InvalidInput, ModelNotReady, Overloaded
-from detector.scoring.scorer import ScoreResult, Scorer, check_diagnostics
+from detector.scoring.scorer import PRIMARY, ScoreResult, Scorer, check_diagnostics
 from detector.scoring.scores import DIAGNOSTICS
 from detector.serving.batcher import DynamicBatcher
 from detector.serving.metrics import ServerMetrics
@@ -116,7 +116,7 @@ class ScoringService:
         asked = check_diagnostics(diagnostics)
         scorer = self.scorer  # the model this request is admitted under, even if a reload follows
         result: ScoreResult = await self.batcher.submit(samples, deadline, model=(scorer, asked))
-        self.metrics.record_results(scorer.model_version, result.novel, result.scores, result.resample)
+        self.metrics.record_results(scorer.model_version, result, scorer.calibration.get(PRIMARY))
         return scorer.model_version, result
 
     async def drain(self) -> None:

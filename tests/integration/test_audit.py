@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -31,9 +32,9 @@ def audit_data(tmp_path_factory) -> Path:
     return d / "mixed.npz"
 
 
-def audit(bundle, data, out, *extra, runner=(PY, "-m", "detector")):
+def audit(bundle, data, out, *extra, runner=(PY, "-m", "detector"), umask=0o022):
     return subprocess.run([*runner, "--quiet", "audit", "--model", str(bundle), "--data", str(data), "--out", str(out),
-                           *extra], capture_output=True, text=True, timeout=600)
+                           *extra], capture_output=True, text=True, timeout=600, umask=umask)
 
 
 def outputs(out: Path) -> tuple:
@@ -59,6 +60,9 @@ def test_outputs_rows_weights_summary(reference, bundle_path, audit_data):
     w = np.load(reference / "weights.npy")
     np.testing.assert_allclose(w, table["resample_weight"], rtol=1e-6)
     assert summary["n_samples"] == 1500
+    # Written under umask 022, every output is readable by the dashboards' and reviewers' users.
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in reference.rglob("*")}
+    assert all(m & 0o444 == 0o444 for m in modes.values()), modes
     # Vertical bars (label 1) are novel, horizontal ones (label 0) are not.
     assert summary["per_label"]["1"]["novelty_rate"] > 0.9 > 0.1 > summary["per_label"]["0"]["novelty_rate"]
     assert summary["novel"]["novelty"] == sum(table["is_novel_novelty"])

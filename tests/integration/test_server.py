@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -187,10 +189,31 @@ def test_metrics_after_known_traffic_equal_the_traffic(scorer):
         assert s.metric("detector_request_duration_seconds_count", method="Score") == 3
         assert s.metric("detector_model_info", model_version=v, device="cpu", input_shape="1x16x16") == 1
         assert s.metric("detector_queue_depth_samples") == 0
+        # Drift: 30 samples in the window are too few to test; 150 are, and 10 clear anomalies among them (7%,
+        # against the 1% target FPR) are a drift the binomial test sees, even against this bundle's calibration of
+        # only 200 (whose own uncertainty the test counts).
+        assert s.metric("detector_drift_window_samples", model_version=v) == 30
+        assert s.registry.get_sample_value("detector_drift_p_value", {"model_version": v, "test": "ks"}) is None
+        more = samples(120, 202)
+        client.score(more)
+        assert s.metric("detector_drift_window_samples", model_version=v) == 150
+        flagged = expected_novel + int(scorer.score(more).novel["novelty"].sum())
+        assert s.metric("detector_drift_statistic", model_version=v, test="binomial") == pytest.approx(flagged / 150)
+        assert s.metric("detector_drift_p_value", model_version=v, test="binomial") < 0.01
+        assert 0 < s.metric("detector_drift_p_value", model_version=v, test="ks") <= 1
+        odd = samples(150, 203, vertical=True)  # half the window (of 1000) now novel
+        client.score(odd)
+        flagged += int(scorer.score(odd).novel["novelty"].sum())
+        assert s.metric("detector_drift_statistic", model_version=v, test="binomial") == pytest.approx(flagged / 300)
+        assert s.metric("detector_drift_p_value", model_version=v, test="binomial") < 1e-9
         import urllib.request
 
         text = urllib.request.urlopen(f"http://127.0.0.1:{s.running.metrics_port}/metrics", timeout=5).read().decode()
         assert "detector_samples_scored_total" in text and "detector_queue_wait_seconds_bucket" in text
+        assert 'detector_drift_p_value{model_version="' in text
+        if shutil.which("promtool"):  # the exposition, drift gauges included, follows Prometheus' conventions
+            proc = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True)
+            assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
 def slow(scorer, seconds):

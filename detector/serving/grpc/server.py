@@ -66,7 +66,7 @@ async def start_server(scorer: Scorer, cfg: ServeConfig, registry: CollectorRegi
     """Build, bind and start; health turns SERVING only after the model is warmed up."""
     cfg.validate()
     registry = registry if registry is not None else CollectorRegistry()
-    metrics = ServerMetrics(registry, cfg.novelty_window_s)
+    metrics = ServerMetrics(registry, cfg.novelty_window_s, cfg.drift_window_samples)
     service = ScoringService(scorer, metrics, cfg)
     interceptors = []
     if cfg.auth_token:

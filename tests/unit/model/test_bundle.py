@@ -1,5 +1,7 @@
 import json
+import os
 import shutil
+import stat
 
 import numpy as np
 import pytest
@@ -71,3 +73,17 @@ def test_failed_write_keeps_old_bundle(tmp_path, monkeypatch):
     assert load_bundle(tmp_path / "b").config["k"] == 1
     assert [p.name for p in tmp_path.iterdir()] == ["b"]
     shutil.rmtree(tmp_path / "b")
+
+
+@pytest.mark.parametrize("umask,dir_mode,file_mode", [(0o022, 0o755, 0o644), (0o077, 0o700, 0o600)])
+def test_bundle_modes_follow_the_umask(tmp_path, umask, dir_mode, file_mode):
+    """A container's non-root user must be able to read a bundle written under umask 022, and no one else one
+    written under 077 (mkdtemp and safetensors would otherwise give 0700/0600 whatever the umask)."""
+    old = os.umask(umask)
+    try:
+        save_bundle(small_bundle(), tmp_path / "b")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "b").stat().st_mode) == dir_mode
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "b").iterdir()}
+    assert modes == dict.fromkeys(modes, file_mode) and "model.safetensors" in modes
