@@ -25,6 +25,10 @@ def _png(fig) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
+def _figure(title: str, uri: str) -> str:
+    return f"<h2>{html.escape(title)}</h2><img alt='{html.escape(title)}' src='{uri}'>"
+
+
 def _histograms(stats: AuditStats) -> str:
     names = list(stats.hist_counts)
     fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 3.0), squeeze=False)
@@ -42,27 +46,98 @@ def _histograms(stats: AuditStats) -> str:
     return _png(fig)
 
 
+def _show(ax, img: np.ndarray, title: str | None = None) -> None:
+    """One image in model space (C, H, W), values in [0, 1]."""
+    ax.imshow(img[0] if img.shape[0] == 1 else np.clip(img.transpose(1, 2, 0), 0, 1), cmap="gray", vmin=0, vmax=1)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if title:
+        ax.set_title(title, fontsize=7)
+
+
 @torch.inference_mode()
-def _most_novel(summary: dict, scorer: Scorer, samples) -> str | None:
-    if scorer.kind != "image" or not summary["most_novel"]:
+def _decoded(scorer: Scorer, z: np.ndarray) -> np.ndarray:
+    """Decoder means of latent codes ``z`` (N, Z): (N, C, H, W) in [0, 1]."""
+    params = scorer.model.decode(torch.as_tensor(z, dtype=torch.float32, device=scorer.device))
+    return scorer.model.reconstruct(params).float().cpu().numpy().reshape(len(z), *scorer.sample_shape)
+
+
+@torch.inference_mode()
+def _gallery(rows: list[dict], scorer: Scorer, samples) -> str | None:
+    """Samples (by dataset index) over their reconstructions, titled with their novelty score."""
+    if scorer.kind != "image" or not rows:
         return None
-    rows = summary["most_novel"]
     raw = np.stack([samples.read(r["index"], r["index"] + 1)[0] for r in rows])
-    x = scorer._to_device(raw)
-    rec = scorer.model.reconstruct(scorer.model.decode(scorer.model.encode(x)[0])).cpu().numpy()
+    rec = _decoded(scorer, scorer.model.encode(scorer._to_device(raw))[0].cpu().numpy())
     fig, axes = plt.subplots(2, len(rows), figsize=(1.1 * len(rows), 2.6), squeeze=False)
+    scale = 255.0 if raw.dtype == np.uint8 else 1.0
     for j, r in enumerate(rows):
-        for i, img in enumerate((raw[j].astype(np.float32) / (255.0 if raw.dtype == np.uint8 else 1.0), rec[j])):
-            img = img.reshape(scorer.sample_shape)
-            ax = axes[i][j]
-            ax.imshow(img[0] if img.shape[0] == 1 else np.clip(img.transpose(1, 2, 0), 0, 1), cmap="gray",
-                      vmin=0, vmax=1)
-            ax.set_xticks([])
-            ax.set_yticks([])
-        axes[0][j].set_title(f"#{r['index']}\n{r['novelty']:.1f}", fontsize=7)
+        _show(axes[0][j], (raw[j].astype(np.float32) / scale).reshape(scorer.sample_shape),
+              f"#{r['index']}\n{r['novelty']:.1f}")
+        _show(axes[1][j], rec[j])
     axes[0][0].set_ylabel("input", fontsize=8)
     axes[1][0].set_ylabel("recon.", fontsize=8)
     return _png(fig)
+
+
+TRAVERSAL_AXES = 6
+TRAVERSAL_STEPS = np.linspace(-3, 3, 7)
+
+
+def _traversals(scorer: Scorer) -> str | None:
+    """Decoded codes along the principal axes of the training latents (their Gaussian in the bundle), -3..+3 sd."""
+    density = scorer.bundle.density
+    if scorer.kind != "image" or "latent_precision" not in density:
+        return None
+    mean = np.asarray(density["latent_mean"], dtype=np.float64)
+    variances, axes_ = np.linalg.eigh(np.linalg.inv(np.asarray(density["latent_precision"], dtype=np.float64)))
+    order = np.argsort(variances)[::-1][:TRAVERSAL_AXES]
+    z = np.stack([mean + t * np.sqrt(variances[k]) * axes_[:, k] for k in order for t in TRAVERSAL_STEPS])
+    images = _decoded(scorer, z).reshape(len(order), len(TRAVERSAL_STEPS), *scorer.sample_shape)
+    fig, axes = plt.subplots(len(order), len(TRAVERSAL_STEPS), figsize=(1.0 * len(TRAVERSAL_STEPS), 1.0 * len(order)),
+                             squeeze=False)
+    for i, k in enumerate(order):
+        for j, t in enumerate(TRAVERSAL_STEPS):
+            _show(axes[i][j], images[i, j], f"{t:+.0f} sd" if i == 0 else None)
+        axes[i][0].set_ylabel(f"axis {i + 1}\n({variances[k] / variances.sum():.0%})", fontsize=7)
+    return _png(fig)
+
+
+def _prior_samples(scorer: Scorer, n: int = 16) -> str | None:
+    if scorer.kind != "image":
+        return None
+    z = np.random.default_rng(0).normal(size=(n, scorer.model_cfg.latent_dim))
+    images = _decoded(scorer, z)
+    fig, axes = plt.subplots(2, n // 2, figsize=(1.0 * n / 2, 2.1), squeeze=False)
+    for j, img in enumerate(images):
+        _show(axes[j // (n // 2)][j % (n // 2)], img)
+    return _png(fig)
+
+
+def _p_values(stats: AuditStats) -> str | None:
+    values, counts = stats.p_values.grid()
+    if not len(values):
+        return None
+    fig, ax = plt.subplots(figsize=(5.5, 3))
+    ax.hist(values, bins=20, range=(0, 1), weights=counts / counts.sum() * 20, color="#4878a8")
+    ax.axhline(1.0, color="k", ls="--", lw=1, label="no drift (uniform)")
+    ax.set_xlabel("p-value of the primary score")
+    ax.set_ylabel("density")
+    ax.legend(fontsize=8)
+    return _png(fig)
+
+
+def _drift_paragraph(summary: dict) -> str:
+    drift = summary.get("drift") or {}
+    if not drift:
+        return ""
+    ks, flagged = drift["ks"], drift["binomial"]
+    verdict = ("these data do not look like the calibration data" if min(ks["p_value"], flagged["p_value"]) < 0.001
+               else "no evidence that these data differ from the calibration data")
+    return (f"<p>Against the {summary['n_calibration']:,} calibration scores: Kolmogorov-Smirnov D = "
+            f"{ks['statistic']:.3f} (p = {ks['p_value']:.2g}); {flagged['statistic']:.2%} flagged against "
+            f"{summary['target_fpr']:.2%} expected (beta-binomial p = {flagged['p_value']:.2g}): "
+            f"<b>{verdict}</b>. The same tests as the server's <code>detector_drift_p_value</code>.</p>")
 
 
 def _per_label(summary: dict) -> str | None:
@@ -120,13 +195,19 @@ def _slices_table(summary: dict) -> str:
 
 def write_report(path: Path, summary: dict, stats: AuditStats, scorer: Scorer, samples) -> None:
     figures = [("Score distributions, thresholds marked", _histograms(stats)),
-               ("Most novel samples and their reconstructions", _most_novel(summary, scorer, samples)),
+               ("Most novel samples and their reconstructions", _gallery(summary["most_novel"], scorer, samples)),
+               ("Least novel samples and their reconstructions", _gallery(summary.get("least_novel", []), scorer,
+                                                                          samples)),
                ("Per label", _per_label(summary)),
                ("Latent space, coloured by rarity", _latent(stats)),
                ("Resample weights", _weights(stats))]
+    learned = [("Traversals along the principal axes of the training latents (share of variance)",
+                _traversals(scorer)),
+               ("Samples from the prior", _prior_samples(scorer))]
     rates = ", ".join(f"{k} {v:.2%}" for k, v in summary["novelty_rate"].items())
-    parts = [f"<h2>{html.escape(title)}</h2><img alt='{html.escape(title)}' src='{uri}'>"
-             for title, uri in figures if uri]
+    parts = [_figure(title, uri) for title, uri in figures if uri]
+    drift = _p_values(stats)
+    learned_parts = [_figure(title, uri) for title, uri in learned if uri]
     doc = f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>Audit of {html.escape(summary['data'])}</title>
 <style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}}
@@ -140,6 +221,12 @@ img{{max-width:100%}}.big{{font-size:1.4em}}</style></head>
 <p>Model {html.escape(summary['model_version'])}; data fingerprint {html.escape(summary['data_fingerprint'])}.
 Novelty rate per score: {html.escape(rates)}.</p>
 {''.join(parts)}
+<h2>Drift against the calibration data</h2>
+{_drift_paragraph(summary)}
+{f"<img alt='p-values of the primary score' src='{drift}'>" if drift else ""}
+{"<h2>What the model learned</h2><p>What normal means to this model: images decoded from its latent space.</p>"
+ if learned_parts else ""}
+{''.join(learned_parts)}
 <h2>Under-represented slices</h2>
 {_slices_table(summary)}
 <script>window.addEventListener("load",function(){{var i=document.images,n=0;for(var k=0;k<i.length;k++)

@@ -4,9 +4,11 @@ subsample for plots, and score histograms. Memory stays bounded whatever the dat
 from __future__ import annotations
 
 from collections import defaultdict
+from dataclasses import asdict
 
 import numpy as np
 
+from detector.scoring.drift import PValueHistogram
 from detector.scoring.scorer import PRIMARY, Scorer
 
 TOP_K = 16
@@ -24,6 +26,10 @@ class AuditStats:
         self.per_label = defaultdict(lambda: {"n": 0, "novel": 0, "resample": 0, "weight_sum": 0.0})
         self.top_index = np.zeros(0, np.int64)
         self.top_score = np.zeros(0, np.float32)
+        self.bottom_index = np.zeros(0, np.int64)
+        self.bottom_score = np.zeros(0, np.float32)
+        self.primary = scorer.calibration[PRIMARY]
+        self.p_values = PValueHistogram()  # the primary score's p-values, for the drift tests
         self._sub: dict[str, list] = defaultdict(list)
         self.hist_edges: dict[str, np.ndarray] = {}
         self.hist_counts: dict[str, np.ndarray] = {}
@@ -46,10 +52,9 @@ class AuditStats:
                     row["resample"] += int(c["resample"][m].sum())
                     row["weight_sum"] += float(c["resample_weight"][m].sum())
         score = c[f"score/{PRIMARY}"]
-        idx = np.concatenate([self.top_index, c["index"]])
-        val = np.concatenate([self.top_score, score])
-        keep = np.argsort(-val, kind="stable")[:TOP_K]
-        self.top_index, self.top_score = idx[keep], val[keep]
+        self.top_index, self.top_score = _extreme(self.top_index, self.top_score, c["index"], score, -1)
+        self.bottom_index, self.bottom_score = _extreme(self.bottom_index, self.bottom_score, c["index"], score, 1)
+        self.p_values.add(c[f"p_value/{PRIMARY}"])
         # A strided subsample (every k-th sample of the dataset) for plots: deterministic, bounded.
         pick = c["index"] % self._stride == 0 if hasattr(self, "_stride") else slice(None)
         for key in ("latent_mean", "resample_weight", "label", *(f"score/{s}" for s in HIST_SCORES)):
@@ -96,4 +101,18 @@ class AuditStats:
             "resample_flagged": self.resampled, "resample_rate": self.resampled / self.n,
             "per_label": labels,
             "most_novel": [{"index": int(i), "novelty": float(s)} for i, s in zip(self.top_index, self.top_score)],
+            "least_novel": [{"index": int(i), "novelty": float(s)}
+                            for i, s in zip(self.bottom_index, self.bottom_score)],
+            # The live server's drift tests, on the whole data set against the calibration set (scoring/drift.py).
+            "drift": {name: asdict(test) for name, test in self.p_values.tests(self.primary.target_fpr,
+                                                                               self.primary.n).items()},
+            "n_calibration": self.primary.n,
         }
+
+
+def _extreme(index: np.ndarray, score: np.ndarray, new_index: np.ndarray, new_score: np.ndarray, sign: int):
+    """The TOP_K lowest of ``sign * score`` among the kept and the new samples (ties: earlier samples first)."""
+    idx = np.concatenate([index, new_index])
+    val = np.concatenate([score, new_score])
+    keep = np.argsort(sign * val, kind="stable")[:TOP_K]
+    return idx[keep], val[keep]

@@ -106,11 +106,13 @@ class PValueHistogram:
         for value, count in zip(*_grid(p_values)):
             self._counts[float(value)] = self._counts.get(float(value), 0) + int(count)
 
+    def grid(self) -> tuple[np.ndarray, np.ndarray]:
+        """The distinct p-values seen, ascending, and how often each was."""
+        values = np.array(sorted(self._counts), dtype=np.float64)
+        return values, np.array([self._counts[v] for v in values], dtype=np.int64)
+
     def tests(self, target_fpr: float, n_calibration: int) -> dict[str, DriftTest]:
-        if not self._counts:
-            return {}
-        values = np.array(sorted(self._counts))
-        return drift_tests(values, np.array([self._counts[v] for v in values]), target_fpr, n_calibration)
+        return drift_tests(*self.grid(), target_fpr, n_calibration) if self._counts else {}
 
 
 class DriftWindow:

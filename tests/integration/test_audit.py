@@ -66,6 +66,15 @@ def test_outputs_rows_weights_summary(reference, bundle_path, audit_data):
     # Vertical bars (label 1) are novel, horizontal ones (label 0) are not.
     assert summary["per_label"]["1"]["novelty_rate"] > 0.9 > 0.1 > summary["per_label"]["0"]["novelty_rate"]
     assert summary["novel"]["novelty"] == sum(table["is_novel_novelty"])
+    # The least novel are normal (horizontal) samples, in ascending order of the score.
+    least = summary["least_novel"]
+    assert len(least) == 16 and [r["novelty"] for r in least] == sorted(r["novelty"] for r in least)
+    assert all(table["label"][r["index"]] == 0 for r in least)
+    # Drift against the calibration set: a fifth of the data anomalous is far more flagged than the target FPR.
+    drift = summary["drift"]
+    assert set(drift) == {"ks", "binomial"} and drift["binomial"]["n"] == 1500
+    assert drift["binomial"]["statistic"] == pytest.approx(summary["novelty_rate"]["novelty"])
+    assert drift["binomial"]["p_value"] < 1e-9 and drift["ks"]["p_value"] < 1e-4  # ks: only 200 calibration scores
     # Audit rows agree with the in-process Scorer, as they must with gRPC results.
     from detector.data import load_spec
     from detector.scoring.scorer import Scorer
@@ -129,4 +138,7 @@ def test_report_opens_in_headless_chromium_and_images_load(reference, tmp_path):
     match = re.search(r'data-images-loaded="(\d+)/(\d+)"', dom)
     assert match, proc.stderr[-2000:]
     loaded, total = map(int, match.groups())
-    assert total >= 4 and loaded == total
+    assert total >= 9 and loaded == total  # scores, galleries, labels, latents, weights, p-values, traversals, prior
+    for section in ("Drift against the calibration data", "What the model learned", "Traversals along the principal",
+                    "Samples from the prior", "Least novel samples"):
+        assert section in dom, section
