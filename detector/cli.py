@@ -75,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, type=Path, metavar="FILE", help=".csv or .parquet")
     p.add_argument("--batch-size", type=_positive_int, default=1024)
     _add_diagnostics(p)
+    p.add_argument("--maps", type=Path, metavar="DIR",
+                   help="also write each sample's per-pixel anomaly map (DIR/<index>.npy) and an overlay of it on the "
+                        "input (DIR/<index>.png); image models only")
     _add_client_security(p, "with --server: ")
     _add_device(p)
 
@@ -273,19 +276,29 @@ def _score(args: argparse.Namespace) -> int:
         raise DetectorError("give exactly one of --model BUNDLE or --server HOST:PORT")
     check_table_path(args.out)
     samples = load_spec(args.data)
+    on_maps = None
+    if args.maps is not None:
+        from detector.scoring.overlay import MapWriter
+
+        if samples.kind != "image":
+            raise DetectorError(f"--maps: {args.data} holds feature vectors; anomaly maps are for images")
+        writer = MapWriter(args.maps, len(str(max(len(samples) - 1, 0))))
+        on_maps = lambda start, maps: writer.write(start, samples.read(start, start + len(maps)), maps)  # noqa: E731
     if args.server is not None:
         from detector.client import score_samples_remote
 
         result = score_samples_remote(args.server, samples, args.batch_size, progress=not args.quiet,
-                                      diagnostics=args.diagnostics, **_client_security(args))
+                                      diagnostics=args.diagnostics, on_maps=on_maps, **_client_security(args))
     else:
         from detector.scoring.scorer import Scorer
 
         scorer = Scorer.from_path(args.model, device=args.device)
-        result = scorer.score_samples(samples, args.batch_size, progress=not args.quiet, diagnostics=args.diagnostics)
+        result = scorer.score_samples(samples, args.batch_size, progress=not args.quiet, diagnostics=args.diagnostics,
+                                      on_maps=on_maps)
     write_table(result_columns(result, np.arange(len(samples)), samples.labels), args.out)
     novel = int(result.novel["novelty"].sum())
-    print(f"wrote {len(samples)} rows to {args.out}: {novel} flagged novel ({novel / len(samples):.2%})")
+    maps = f"; anomaly maps (.npy) and overlays (.png) in {args.maps}" if args.maps is not None else ""
+    print(f"wrote {len(samples)} rows to {args.out}: {novel} flagged novel ({novel / len(samples):.2%}){maps}")
     return 0
 
 

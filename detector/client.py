@@ -57,9 +57,9 @@ def open_channel(target: str, credentials: grpc.ChannelCredentials | None = None
 
 
 def _request(samples: np.ndarray, sample_ids: Sequence[str] | None, request_id: str | None,
-             diagnostics: Sequence[str] = (), layout: str = "NCHW") -> pb.ScoreRequest:
+             diagnostics: Sequence[str] = (), layout: str = "NCHW", maps: bool = False) -> pb.ScoreRequest:
     return pb.ScoreRequest(request_id=request_id or uuid.uuid4().hex, samples=array_to_tensor(samples, layout),
-                           sample_ids=list(sample_ids or []), diagnostics=list(diagnostics))
+                           sample_ids=list(sample_ids or []), diagnostics=list(diagnostics), return_anomaly_maps=maps)
 
 
 def _result(response: pb.ScoreResponse) -> RemoteResult:
@@ -75,11 +75,12 @@ class DetectorClient:
         self.metadata = tuple(metadata)
 
     def score(self, samples: np.ndarray, sample_ids: Sequence[str] | None = None, request_id: str | None = None,
-              timeout: float | None = None, diagnostics: Sequence[str] = (), layout: str = "NCHW") -> RemoteResult:
+              timeout: float | None = None, diagnostics: Sequence[str] = (), layout: str = "NCHW",
+              maps: bool = False) -> RemoteResult:
         """Score a batch; ``diagnostics`` adds costlier scores by name ("iw_nll", "complexity"): NaN otherwise.
         ``layout``: "NCHW" ([N, C, H, W], or [N, H, W] for one channel) or "NHWC" ([N, H, W, C], as numpy and
-        OpenCV hold images)."""
-        response = self._stub.Score(_request(samples, sample_ids, request_id, diagnostics, layout),
+        OpenCV hold images). ``maps``: per-pixel anomaly maps as ``.anomaly_map`` (N, H, W)."""
+        response = self._stub.Score(_request(samples, sample_ids, request_id, diagnostics, layout, maps),
                                     timeout=timeout or self.timeout, metadata=self.metadata)
         return _result(response)
 
@@ -110,9 +111,10 @@ class AsyncDetectorClient:
         self.metadata = tuple(metadata)
 
     async def score(self, samples: np.ndarray, sample_ids: Sequence[str] | None = None, request_id: str | None = None,
-                    timeout: float | None = None, diagnostics: Sequence[str] = (), layout: str = "NCHW") -> RemoteResult:
+                    timeout: float | None = None, diagnostics: Sequence[str] = (), layout: str = "NCHW",
+                    maps: bool = False) -> RemoteResult:
         """DetectorClient.score, awaited."""
-        response = await self._stub.Score(_request(samples, sample_ids, request_id, diagnostics, layout),
+        response = await self._stub.Score(_request(samples, sample_ids, request_id, diagnostics, layout, maps),
                                           timeout=timeout or self.timeout, metadata=self.metadata)
         return _result(response)
 
@@ -132,8 +134,9 @@ class AsyncDetectorClient:
 
 def score_samples_remote(target: str, samples, batch_size: int = 256, progress: bool = True,
                          credentials: grpc.ChannelCredentials | None = None, metadata: Sequence[tuple[str, str]] = (),
-                         diagnostics: Sequence[str] = ()):
-    """`detector score --server`: a whole SampleSet through the server, as a ScoreResult."""
+                         diagnostics: Sequence[str] = (), on_maps=None):
+    """`detector score --server`: a whole SampleSet through the server, as a ScoreResult; with ``on_maps``, each
+    batch's anomaly maps are handed to it (start index, maps), as Scorer.score_samples does."""
     from tqdm.auto import tqdm
 
     from detector.errors import DetectorError
@@ -144,7 +147,10 @@ def score_samples_remote(target: str, samples, batch_size: int = 256, progress: 
         with DetectorClient(target, timeout=60.0, credentials=credentials, metadata=metadata) as client, \
                 tqdm(total=len(samples), desc="scoring (remote)", unit="sample", disable=not progress) as bar:
             for start, raw in samples.chunks(batch_size):
-                r = client.score(raw, sample_ids=[str(start + i) for i in range(len(raw))], diagnostics=diagnostics)
+                r = client.score(raw, sample_ids=[str(start + i) for i in range(len(raw))], diagnostics=diagnostics,
+                                 maps=on_maps is not None)
+                if on_maps is not None:
+                    on_maps(start, r.anomaly_map)
                 scores = {"novelty": r.novelty_score, "neg_elbo": r.neg_elbo, "recon_error": r.recon_error,
                           "latent_distance": r.latent_distance}
                 if "iw_nll" in diagnostics:

@@ -8,6 +8,8 @@ went through, read from the encoder's features (``transform_nll``).
 
 from __future__ import annotations
 
+import contextlib
+
 import dataclasses
 import math
 
@@ -153,6 +155,18 @@ class VAE(nn.Module):
         # Per-feature standardisation for vectors (identity for images); set from training data.
         self.register_buffer("input_mean", torch.zeros(cfg.input_shape))
         self.register_buffer("input_std", torch.ones(cfg.input_shape))
+
+    @contextlib.contextmanager
+    def autograd_safe(self):
+        """Activations not in place for the duration, so a backward pass through the model works (maps.py)."""
+        silus = [m for m in self.modules() if isinstance(m, nn.SiLU) and m.inplace]
+        for m in silus:
+            m.inplace = False
+        try:
+            yield self
+        finally:
+            for m in silus:
+                m.inplace = True
 
     def for_inference(self) -> "VAE":
         """eval(), with every activation computed in place: the Scorer at batch 1024 on 2 CPU cores went from about

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -24,6 +24,7 @@ from detector.model.vae import N_TRANSFORMS, VAE
 from detector.scoring.calibration import ScoreCalibration, calibration_from_bundle
 from detector.scoring.complexity import complexity_bpd
 from detector.scoring.latent import LEGACY_KNN_K, LatentReference
+from detector.scoring.maps import MapScale, raw_maps, require_map_scale
 from detector.scoring.novelty import NoveltyFusion
 from detector.scoring.scores import DIAGNOSTICS, fixed_noise, raw_scores
 
@@ -59,6 +60,7 @@ class ScoreResult:
     latent_mean: np.ndarray | None = None  # (B, Z), for debiasing and audit plots
     resample_weight: np.ndarray | None = None  # (B,) DB-VAE weights, when the bundle has a latent histogram
     resample: np.ndarray | None = None  # (B,) bool
+    anomaly_maps: np.ndarray | None = None  # (B, H, W) float32, standardised (maps.py); only when asked for
 
     def __len__(self) -> int:
         return len(next(iter(self.scores.values())))
@@ -72,7 +74,7 @@ class ScoreResult:
         part = lambda d: {k: v[start:stop] for k, v in d.items()}  # noqa: E731
         cut = lambda a: None if a is None else a[start:stop]  # noqa: E731
         return ScoreResult(part(self.scores), part(self.p_values), part(self.novel), dict(self.thresholds),
-                           cut(self.latent_mean), cut(self.resample_weight), cut(self.resample))
+                           cut(self.latent_mean), cut(self.resample_weight), cut(self.resample), cut(self.anomaly_maps))
 
     @staticmethod
     def concat(parts: list["ScoreResult"]) -> "ScoreResult":
@@ -80,7 +82,7 @@ class ScoreResult:
         cat = lambda key: {k: np.concatenate([getattr(p, key)[k] for p in parts]) for k in getattr(first, key)}  # noqa: E731
         arr = lambda key: None if getattr(first, key) is None else np.concatenate([getattr(p, key) for p in parts])  # noqa: E731
         return ScoreResult(cat("scores"), cat("p_values"), cat("novel"), dict(first.thresholds), arr("latent_mean"),
-                           arr("resample_weight"), arr("resample"))
+                           arr("resample_weight"), arr("resample"), arr("anomaly_maps"))
 
 
 class Scorer:
@@ -123,6 +125,7 @@ class Scorer:
             self.transform_views = 0
         self.calibration: dict[str, ScoreCalibration] = (
             calibration_from_bundle(cal["scores"], bundle.calibration_arrays) if cal.get("scores") else {})
+        self.map_scale = MapScale.from_arrays(bundle.calibration_arrays)
 
     @classmethod
     def from_path(cls, path: str | Path, device: str = "auto", **kwargs) -> "Scorer":
@@ -181,20 +184,32 @@ class Scorer:
         mu = raw.pop("latent_mean_")
         return {k: v.cpu().numpy() for k, v in raw.items()}, mu.cpu().numpy()
 
-    def score(self, batch: np.ndarray, diagnostics=()) -> ScoreResult:
+    def score(self, batch: np.ndarray, diagnostics=(), maps: bool = False) -> ScoreResult:
         """Every default score, verdict and p-value for a batch, checked first; ``diagnostics`` names the
-        costlier ones to add (``DIAGNOSTICS``)."""
+        costlier ones to add (``DIAGNOSTICS``); ``maps``: per-pixel anomaly maps too (image models)."""
         self.check_batch(batch)
         if batch.shape[0] == 0:
             raise InvalidInput("empty batch")
-        return self.score_checked(batch, diagnostics)
+        return self.score_checked(batch, diagnostics, maps)
 
-    def score_checked(self, batch: np.ndarray, diagnostics=()) -> ScoreResult:
+    def check_maps(self) -> MapScale:
+        """The map standardisation, or why this model gives no maps."""
+        if self.kind != "image":
+            raise InvalidInput("anomaly maps are for image models; this one scores feature vectors")
+        return require_map_scale(self.map_scale)
+
+    def anomaly_maps(self, batch: np.ndarray) -> np.ndarray:
+        """Standardised per-pixel anomaly maps (B, H, W) float32 of a checked batch (maps.py)."""
+        scale = self.check_maps()
+        return scale.apply(raw_maps(self.model, self._to_device(batch))).cpu().numpy()
+
+    def score_checked(self, batch: np.ndarray, diagnostics=(), maps: bool = False) -> ScoreResult:
         """``score`` for a non-empty batch that already passed ``check_batch`` (the server checks each
         request before batching, so the batch is not checked twice on the hot path). Everything is computed on
         the scoring device; the results cross to the host once, at the end."""
         if self.fusion is None or not self.calibration:
             raise ModelNotReady("bundle is not calibrated: run 'detector calibrate'")
+        anomaly_maps = self.anomaly_maps(batch) if maps else None
         raw = self._raw_tensors(batch, diagnostics)
         mu = raw.pop("latent_mean_")
         raw[PRIMARY] = self.fusion.apply(raw)
@@ -208,20 +223,30 @@ class Scorer:
         host = lambda d: {k: v.cpu().numpy() for k, v in d.items()}  # noqa: E731
         return ScoreResult(scores=host(raw), p_values=host(p_values), novel=host(novel), thresholds=thresholds,
                            latent_mean=mu.cpu().numpy(), resample_weight=None if weight is None else weight.cpu().numpy(),
-                           resample=None if flag is None else flag.cpu().numpy())
+                           resample=None if flag is None else flag.cpu().numpy(), anomaly_maps=anomaly_maps)
 
     def iter_results(self, samples: SampleSet, batch_size: int = 1024, progress: bool = True,
-                     desc: str = "scoring", diagnostics=()) -> Iterator[tuple[int, ScoreResult]]:
+                     desc: str = "scoring", diagnostics=(), maps: bool = False) -> Iterator[tuple[int, ScoreResult]]:
         with tqdm(total=len(samples), desc=desc, unit="sample", disable=not progress, leave=False) as bar:
             for start, raw in samples.chunks(batch_size):
-                yield start, self.score(raw, diagnostics)
+                yield start, self.score(raw, diagnostics, maps)
                 bar.update(len(raw))
 
     def score_samples(self, samples: SampleSet, batch_size: int = 1024, progress: bool = True,
-                      diagnostics=()) -> ScoreResult:
+                      diagnostics=(), on_maps: Callable[[int, np.ndarray], None] | None = None) -> ScoreResult:
+        """Every sample's scores; with ``on_maps``, each batch's anomaly maps are handed to it (start index, maps)
+        and not kept, so a data set of any size fits in memory."""
         self.check_compatible(samples)
-        return ScoreResult.concat([r for _, r in self.iter_results(samples, batch_size, progress,
-                                                                    diagnostics=diagnostics)])
+        if on_maps is not None:
+            self.check_maps()
+        parts = []
+        for start, result in self.iter_results(samples, batch_size, progress, diagnostics=diagnostics,
+                                               maps=on_maps is not None):
+            if on_maps is not None:
+                on_maps(start, result.anomaly_maps)
+                result.anomaly_maps = None
+            parts.append(result)
+        return ScoreResult.concat(parts)
 
     def check_compatible(self, samples: SampleSet) -> None:
         if samples.sample_shape != self.sample_shape:

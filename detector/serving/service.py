@@ -105,17 +105,19 @@ class ScoringService:
         return samples
 
     async def score(self, samples: np.ndarray, n_ids: int = 0, deadline: float | None = None,
-                    diagnostics=(), layout: str = "NCHW") -> tuple[str, ScoreResult]:
+                    diagnostics=(), layout: str = "NCHW", maps: bool = False) -> tuple[str, ScoreResult]:
         """Score one request's samples, given in ``layout`` (detector/data/layout.py); ``deadline`` is a
-        time.monotonic() value; ``diagnostics`` names costlier scores to add. Requests share a batch only with
-        requests of the same model and diagnostics."""
+        time.monotonic() value; ``diagnostics`` names costlier scores to add; ``maps``: per-pixel anomaly maps
+        too. Requests share a batch only with requests of the same model, diagnostics and maps."""
         if not self.ready:
             self.last_refused = time.monotonic()
             raise ModelNotReady("model not ready (loading, or the server is shutting down); retry shortly")
         samples = self.check(samples, n_ids, layout)
         asked = check_diagnostics(diagnostics)
         scorer = self.scorer  # the model this request is admitted under, even if a reload follows
-        result: ScoreResult = await self.batcher.submit(samples, deadline, model=(scorer, asked))
+        if maps:
+            scorer.check_maps()
+        result: ScoreResult = await self.batcher.submit(samples, deadline, model=(scorer, asked, maps))
         self.metrics.record_results(scorer.model_version, result, scorer.calibration.get(PRIMARY))
         return scorer.model_version, result
 
@@ -124,12 +126,12 @@ class ScoringService:
         await self.batcher.drain()
 
 
-def score_batch(key: tuple[Scorer, frozenset[str]], samples: np.ndarray) -> ScoreResult:
-    """One forward pass of ``key``'s scorer with its diagnostics; out of device memory, retry in halves (scores do
-    not depend on the batch)."""
-    scorer, diagnostics = key
+def score_batch(key: tuple[Scorer, frozenset[str], bool], samples: np.ndarray) -> ScoreResult:
+    """One forward pass of ``key``'s scorer with its diagnostics (and maps); out of device memory, retry in halves
+    (scores do not depend on the batch)."""
+    scorer, diagnostics, maps = key
     try:
-        return scorer.score_checked(samples, diagnostics)
+        return scorer.score_checked(samples, diagnostics, maps)
     except torch.OutOfMemoryError:
         if scorer.device.type == "cuda":
             torch.cuda.empty_cache()

@@ -22,6 +22,7 @@ from detector.model.device import resolve_device
 from detector.model.vae import VAE, resolve_model_config, transform_chance_nats
 from detector.scoring.calibration import CalibrationWarning, calibrate_score, calibration_to_bundle
 from detector.scoring.latent import knn_reference
+from detector.scoring.maps import MapScale, raw_maps
 from detector.scoring.novelty import NoveltyFusion, default_fusion, usable_components
 from detector.scoring.scorer import PRIMARY, Scorer, calibrated_scores
 from detector.scoring.scores import DIAGNOSTICS
@@ -105,10 +106,22 @@ def calibrate_bundle(bundle: Bundle, val: SampleSet, cal: SampleSet, target_fpr:
         warnings.simplefilter("always", CalibrationWarning)
         cals = {name: calibrate_score(name, raw_cal[name], target_fpr) for name in calibrated_scores(scorer.kind)}
     meta, arrays = calibration_to_bundle(cals)
+    if scorer.kind == "image":  # the anomaly maps' standardisation, on the standardising split
+        arrays.update(fit_map_scale(scorer, val, batch_size).to_arrays())
     bundle.calibration = {"fusion": fusion.to_json(), "scores": meta, "target_fpr": target_fpr, "primary": PRIMARY,
                           "n_standardise": len(val), "n_calibrate": len(cal)}
     bundle.calibration_arrays = arrays
     return notes + [str(w.message) for w in caught]
+
+
+MAP_FIT_SAMPLES = 2000  # normal images whose map pixels fix the maps' centre and spread
+
+
+def fit_map_scale(scorer: Scorer, samples: SampleSet, batch_size: int) -> MapScale:
+    take = samples.take(np.arange(min(len(samples), MAP_FIT_SAMPLES)))
+    maps = [raw_maps(scorer.model, scorer._to_device(raw)).cpu().numpy()
+            for _, raw in take.chunks(min(batch_size, 256))]
+    return MapScale.fit(np.concatenate(maps))
 
 
 def _raw(scorer: Scorer, samples: SampleSet, batch_size: int, progress: bool, desc: str,

@@ -85,7 +85,7 @@ def test_out_of_memory_batches_are_scored_in_halves(scorer, monkeypatch):
 
     monkeypatch.setattr(Scorer, "score_checked", small_device)
     x = bars(11, size=16, seed=5)
-    split = score_batch((scorer, frozenset()), x)
+    split = score_batch((scorer, frozenset(), False), x)
     monkeypatch.setattr(Scorer, "score_checked", original)
     np.testing.assert_allclose(split.scores["novelty"], scorer.score(x).scores["novelty"], **NOVELTY_TOLERANCE)
 

@@ -112,12 +112,17 @@ def result_to_response(request_id: str, model_version: str, result: ScoreResult,
     names = list(columns)
     for i, row in enumerate(zip(*columns.values())):
         response.results.add(sample_id=ids[i], **constant, **dict(zip(names, row)))
+    if result.anomaly_maps is not None:
+        for sample, image in zip(response.results, result.anomaly_maps):
+            sample.anomaly_map.CopyFrom(array_to_tensor(np.ascontiguousarray(image, dtype=np.float32)))
     return response
 
 
 def response_to_columns(response: pb.ScoreResponse) -> dict[str, np.ndarray]:
     """Client side: a response as named numpy columns."""
-    fields = [f.name for f in pb.SampleResult.DESCRIPTOR.fields if f.name != "sample_id"]
+    fields = [f.name for f in pb.SampleResult.DESCRIPTOR.fields if f.name != "sample_id" and f.message_type is None]
     cols = {name: np.array([getattr(r, name) for r in response.results]) for name in fields}
     cols["sample_id"] = np.array([r.sample_id for r in response.results], dtype=object)
+    if response.results and response.results[0].HasField("anomaly_map"):  # (N, H, W) float32
+        cols["anomaly_map"] = np.stack([tensor_to_array(r.anomaly_map) for r in response.results])
     return cols

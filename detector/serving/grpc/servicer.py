@@ -95,7 +95,8 @@ class DetectorServicer(pb_grpc.DetectorServicer):
         samples = tensor_to_array(request.samples)
         version, result = await self.service.score(samples, len(request.sample_ids),
                                                    deadline_from_remaining(context.time_remaining()),
-                                                   request.diagnostics, tensor_layout(request.samples))
+                                                   request.diagnostics, tensor_layout(request.samples),
+                                                   maps=request.return_anomaly_maps)
         return result_to_response(request.request_id, version, result, request.sample_ids)
 
     @_observed("Score")
