@@ -15,6 +15,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from detector.audit.stats import AuditStats  # noqa: E402
+from detector.scoring.overlay import overlay  # noqa: E402
 from detector.scoring.scorer import Scorer  # noqa: E402
 
 
@@ -62,21 +63,30 @@ def _decoded(scorer: Scorer, z: np.ndarray) -> np.ndarray:
     return scorer.model.reconstruct(params).float().cpu().numpy().reshape(len(z), *scorer.sample_shape)
 
 
-@torch.inference_mode()
-def _gallery(rows: list[dict], scorer: Scorer, samples) -> str | None:
-    """Samples (by dataset index) over their reconstructions, titled with their novelty score."""
+def _gallery(rows: list[dict], scorer: Scorer, samples, with_maps: bool = False) -> str | None:
+    """Samples (by dataset index) over their reconstructions, titled with their novelty score; ``with_maps``: and
+    their anomaly maps over them (bundles calibrated with maps)."""
     if scorer.kind != "image" or not rows:
         return None
     raw = np.stack([samples.read(r["index"], r["index"] + 1)[0] for r in rows])
-    rec = _decoded(scorer, scorer.model.encode(scorer._to_device(raw))[0].cpu().numpy())
-    fig, axes = plt.subplots(2, len(rows), figsize=(1.1 * len(rows), 2.6), squeeze=False)
+    with torch.inference_mode():
+        rec = _decoded(scorer, scorer.model.encode(scorer._to_device(raw))[0].cpu().numpy())
+    maps = scorer.anomaly_maps(raw) if with_maps and scorer.map_scale is not None else None
+    n_rows = 2 if maps is None else 3
+    fig, axes = plt.subplots(n_rows, len(rows), figsize=(1.1 * len(rows), 1.3 * n_rows), squeeze=False)
     scale = 255.0 if raw.dtype == np.uint8 else 1.0
     for j, r in enumerate(rows):
-        _show(axes[0][j], (raw[j].astype(np.float32) / scale).reshape(scorer.sample_shape),
-              f"#{r['index']}\n{r['novelty']:.1f}")
+        image = raw[j].reshape(scorer.sample_shape)
+        _show(axes[0][j], image.astype(np.float32) / scale, f"#{r['index']}\n{r['novelty']:.1f}")
         _show(axes[1][j], rec[j])
+        if maps is not None:
+            axes[2][j].imshow(overlay(image, maps[j]))
+            axes[2][j].set_xticks([])
+            axes[2][j].set_yticks([])
     axes[0][0].set_ylabel("input", fontsize=8)
     axes[1][0].set_ylabel("recon.", fontsize=8)
+    if maps is not None:
+        axes[2][0].set_ylabel("anomaly map", fontsize=8)
     return _png(fig)
 
 
@@ -195,7 +205,8 @@ def _slices_table(summary: dict) -> str:
 
 def write_report(path: Path, summary: dict, stats: AuditStats, scorer: Scorer, samples) -> None:
     figures = [("Score distributions, thresholds marked", _histograms(stats)),
-               ("Most novel samples and their reconstructions", _gallery(summary["most_novel"], scorer, samples)),
+               ("Most novel samples, their reconstructions and anomaly maps",
+                _gallery(summary["most_novel"], scorer, samples, with_maps=True)),
                ("Least novel samples and their reconstructions", _gallery(summary.get("least_novel", []), scorer,
                                                                           samples)),
                ("Per label", _per_label(summary)),

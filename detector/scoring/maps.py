@@ -7,10 +7,9 @@ fitted on held-out normal data, so 0 is its median pixel and 2.33 its 99th perce
 normal variable): most of a normal image's pixels, being background, sit near 0, so a spread measured around the
 median would make every edge look anomalous.
 
-Measured on synthetic defects (scripts/bench_maps.py, docs/benchmarks/maps.md) against the alternatives: the plain
-squared residual, the decoder's per-pixel NLL, the input gradient alone, an iterative projection onto the normal
-manifold (Dehaene et al. 2020), and per-location standardisation (each pixel against the normal spread at that
-location). The combined map localised best; per-location standardisation lowered the pixel AUROC by 0.05 (a
+Chosen by measurement on synthetic defects (scripts/bench_maps.py, docs/benchmarks/maps.md) against the residual
+alone, the input gradient alone, and per-location standardisation (each pixel against the normal maps' mean and
+spread at that location, as anomaly-map tools often do): per-location standardisation lowered the pixel AUROC (a
 detailed region is detailed wherever a garment puts it), so the standardisation is one affine map for the whole
 image, which leaves the ranking of pixels as it is.
 
@@ -38,8 +37,9 @@ def smoothing_sigma(height: int, width: int) -> float:
     return max(height, width) / 28.0
 
 
-def raw_maps(model: VAE, x: torch.Tensor) -> torch.Tensor:
-    """Unstandardised maps (B, H, W) float32 for a model-space batch ``x`` (B, C, H, W)."""
+def map_terms(model: VAE, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The two factors of the map, (B, H, W) each: the residual's norm over channels at the posterior mean, and
+    the sum over channels of |d neg_elbo / d x| (scripts/bench_maps.py also measures each alone)."""
     with torch.inference_mode(False), torch.enable_grad(), model.autograd_safe():
         x = x.detach().clone().float().requires_grad_(True)
         mu, logvar = model.encode(x)
@@ -47,10 +47,19 @@ def raw_maps(model: VAE, x: torch.Tensor) -> torch.Tensor:
         neg_elbo = -model.log_likelihood(x, params) + kl_divergence(mu.float(), logvar.float())
         (grad,) = torch.autograd.grad(neg_elbo.sum(), x)
         residual = (model.reconstruct(params).detach() - x.detach()).pow(2).sum(dim=1).sqrt()
-    maps = residual * grad.abs().sum(dim=1)
+    return residual, grad.abs().sum(dim=1)
+
+
+def smooth(maps: torch.Tensor) -> torch.Tensor:
     sigma = smoothing_sigma(*maps.shape[-2:])
     kernel = 2 * round(3 * sigma) + 1
     return TF.gaussian_blur(maps[:, None], [kernel, kernel], [sigma, sigma])[:, 0].float()
+
+
+def raw_maps(model: VAE, x: torch.Tensor) -> torch.Tensor:
+    """Unstandardised maps (B, H, W) float32 for a model-space batch ``x`` (B, C, H, W)."""
+    residual, grad = map_terms(model, x)
+    return smooth(residual * grad)
 
 
 @dataclass(frozen=True)

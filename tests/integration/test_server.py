@@ -16,6 +16,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from detector.client import DetectorClient
 from detector.data.synthetic import bars
 from detector.scoring.scorer import Scorer
+from detector.serving.grpc.converters import array_to_tensor
 from detector.v1 import detector_pb2 as pb
 from detector.v1 import detector_pb2_grpc as pb_grpc
 from detector.serving.service import score_batch
@@ -329,3 +330,35 @@ def test_diagnostics_only_when_asked_and_unknown_ones_refused(server, scorer):
         stub(server.target).Score(request, timeout=10)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "likelihood_regret" in err.value.details() and "iw_nll, complexity" in err.value.details()
+
+
+def test_anomaly_maps_only_when_asked_and_equal_to_in_process(server, scorer):
+    x = samples(6, seed=41)
+    with DetectorClient(server.target) as client:
+        plain_raw = stub(server.target).Score(pb.ScoreRequest(samples=array_to_tensor(x)), timeout=10)
+        asked = client.score(x, maps=True)
+        nhwc = client.score(np.ascontiguousarray(x.transpose(0, 2, 3, 1)), layout="NHWC", maps=True)
+    # Plain scoring carries no map at all: no bytes, no extra pass.
+    assert not any(r.HasField("anomaly_map") for r in plain_raw.results)
+    assert asked.anomaly_map.shape == (6, 16, 16) and asked.anomaly_map.dtype == np.float32
+    tensor = stub(server.target).Score(pb.ScoreRequest(samples=array_to_tensor(x[:1]), return_anomaly_maps=True),
+                                       timeout=10).results[0].anomaly_map
+    assert list(tensor.shape) == [16, 16] and tensor.dtype == pb.FLOAT32
+    local = scorer.score(x, maps=True).anomaly_maps
+    np.testing.assert_allclose(asked.anomaly_map, local, atol=1e-3)
+    np.testing.assert_allclose(nhwc.anomaly_map, local, atol=1e-3)
+    np.testing.assert_allclose(asked.novelty_score, [r.novelty_score for r in plain_raw.results], **NOVELTY_TOLERANCE)
+
+
+def test_score_command_through_the_server_writes_maps(server, scorer, tmp_path):
+    from detector.client import score_samples_remote
+    from detector.data import load_spec
+
+    np.save(tmp_path / "x.npy", samples(5, seed=42)[:, 0])
+    data = load_spec(str(tmp_path / "x.npy"))
+    seen = {}
+    result = score_samples_remote(server.target, data, batch_size=2, progress=False,
+                                  on_maps=lambda start, maps: seen.update({start: maps}))
+    assert sorted(seen) == [0, 2, 4] and result.anomaly_maps is None and len(result) == 5
+    np.testing.assert_allclose(np.concatenate([seen[k] for k in sorted(seen)]),
+                               scorer.score(data.read(0, 5), maps=True).anomaly_maps, atol=1e-3)
