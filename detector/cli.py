@@ -97,14 +97,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=50051, help="gRPC port; 0 picks a free one (default 50051)")
     p.add_argument("--metrics-host", default=None, help="address of the metrics endpoint (default: --host)")
     p.add_argument("--metrics-port", type=int, default=9090, help="Prometheus port; 0 picks, -1 disables")
-    p.add_argument("--max-batch-samples", type=_positive_int, default=256)
-    p.add_argument("--max-delay-ms", type=float, default=2.0)
-    p.add_argument("--max-queue-samples", type=_positive_int, default=4096)
+    p.add_argument("--max-batch-samples", type=_positive_int, default=256,
+                   help="most samples in one forward pass; concurrent requests are gathered up to it (default 256; "
+                        "1024 or more on a GPU)")
+    p.add_argument("--max-delay-ms", type=float, default=2.0,
+                   help="longest a request waits for others to share its forward pass (default 2)")
+    p.add_argument("--max-queue-samples", type=_positive_int, default=4096,
+                   help="samples waiting at most; beyond it new requests get RESOURCE_EXHAUSTED at once (default 4096)")
     p.add_argument("--max-queue-wait-ms", type=float, default=5000.0,
                    help="refuse new requests (RESOURCE_EXHAUSTED) while the queue holds more than this much "
                         "scoring time; 0 turns it off (default 5000; set it to your latency target)")
-    p.add_argument("--max-request-samples", type=_positive_int, default=4096)
-    p.add_argument("--max-message-mb", type=_positive_int, default=64)
+    p.add_argument("--max-request-samples", type=_positive_int, default=4096,
+                   help="most samples in one request (default 4096)")
+    p.add_argument("--max-message-mb", type=_positive_int, default=64,
+                   help="largest gRPC message received or sent, MiB (default 64)")
     p.add_argument("--max-stream-requests", type=int, default=1_000_000,
                    help="requests per ScoreStream before it is ended with RESOURCE_EXHAUSTED; 0: no limit")
     p.add_argument("--no-batching", action="store_true", help="one request per forward pass (benchmarks)")

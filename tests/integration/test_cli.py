@@ -211,3 +211,23 @@ def test_a_conv_model_asked_for_vectors_is_one_line_not_a_traceback(tmp_path):
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert 'kind = "conv" needs images' in proc.stderr and 'use kind = "mlp" or "auto"' in proc.stderr
     assert not (tmp_path / "b").exists()
+
+
+def test_score_maps_writes_a_map_and_an_overlay_per_sample(bundle_path, data_dir, tmp_path):
+    from PIL import Image
+
+    proc = detector("score", "--model", str(bundle_path), "--data", str(data_dir / "anomalous.npz"), "--out",
+                    str(tmp_path / "s.csv"), "--maps", str(tmp_path / "maps"), "--device", "cpu")
+    assert proc.returncode == 0, proc.stderr
+    assert f"overlays (.png) in {tmp_path / 'maps'}" in proc.stdout
+    names = sorted(p.name for p in (tmp_path / "maps").iterdir())
+    assert names == sorted(f"{i:03d}.{ext}" for i in range(200) for ext in ("npy", "png"))
+    first = np.load(tmp_path / "maps/000.npy")
+    assert first.shape == (16, 16) and first.dtype == np.float32 and np.isfinite(first).all()
+    with Image.open(tmp_path / "maps/199.png") as png:
+        png.load()
+        assert png.mode == "RGB" and png.size == (112, 112)
+    np.save(tmp_path / "v.npy", np.random.default_rng(0).random((4, 8)).astype(np.float32))
+    bad = detector("score", "--model", str(bundle_path), "--data", str(tmp_path / "v.npy"), "--out",
+                   str(tmp_path / "v.csv"), "--maps", str(tmp_path / "vmaps"))
+    assert bad.returncode == 2 and "anomaly maps are for images" in bad.stderr and "Traceback" not in bad.stderr
