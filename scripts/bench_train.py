@@ -34,7 +34,7 @@ from benchlib import stamp  # noqa: E402
 
 from detector.config import ModelConfig, TrainConfig  # noqa: E402
 from detector.data import load_spec  # noqa: E402
-from detector.model.vae import N_TRANSFORMS, VAE, resolve_model_config  # noqa: E402
+from detector.model.vae import VAE, resolve_model_config  # noqa: E402
 from detector.scoring.scorer import Scorer  # noqa: E402
 from detector.training.trainer import kl_weight, loss_per_sample  # noqa: E402
 

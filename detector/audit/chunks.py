@@ -65,12 +65,7 @@ def write_chunk(out: Path, i: int, start: int, result: ScoreResult, labels: np.n
     arrays = {"index": np.arange(start, start + len(result), dtype=np.int64)}
     if labels is not None:
         arrays["label"] = labels
-    arrays.update({f"score/{k}": v for k, v in result.scores.items()})
-    arrays.update({f"p_value/{k}": v for k, v in result.p_values.items()})
-    arrays.update({f"novel/{k}": v for k, v in result.novel.items()})
-    if result.resample_weight is not None:
-        arrays["resample_weight"] = result.resample_weight
-        arrays["resample"] = result.resample
+    arrays.update(result.to_columns())
     arrays["latent_mean"] = result.latent_mean.astype(np.float32)
     tmp = chunk_path(out, i).with_suffix(".tmp.npz")
     np.savez(tmp, **arrays)

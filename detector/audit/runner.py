@@ -84,11 +84,7 @@ def merge(out: Path, plan: chunks.AuditPlan, scorer: Scorer, samples, table_form
     with TableWriter(table_path) as table:
         for i in range(plan.n_chunks):
             c = chunks.read_chunk(out, i)
-            result = ScoreResult(
-                scores={k[6:]: v for k, v in c.items() if k.startswith("score/")},
-                p_values={k[8:]: v for k, v in c.items() if k.startswith("p_value/")},
-                novel={k[6:]: v for k, v in c.items() if k.startswith("novel/")},
-                resample_weight=c.get("resample_weight"), resample=c.get("resample"))
+            result = ScoreResult.from_columns(c)
             table.write(result_columns(result, c["index"], c.get("label")))
             if result.resample_weight is not None:
                 weights[c["index"]] = result.resample_weight

@@ -9,7 +9,7 @@ from dataclasses import asdict
 import numpy as np
 
 from detector.scoring.drift import PValueHistogram
-from detector.scoring.scorer import PRIMARY, Scorer
+from detector.scoring.scorer import PRIMARY, ScoreResult, Scorer
 
 TOP_K = 16
 SUBSAMPLE = 5000
@@ -37,9 +37,8 @@ class AuditStats:
     def add(self, c: dict[str, np.ndarray]) -> None:
         n = len(c["index"])
         self.n += n
-        for key, flags in c.items():
-            if key.startswith("novel/"):
-                self.novel[key[6:]] += int(flags.sum())
+        for name, flags in ScoreResult.from_columns(c).novel.items():
+            self.novel[name] += int(flags.sum())
         if "resample" in c:
             self.resampled += int(c["resample"].sum())
         if "label" in c:

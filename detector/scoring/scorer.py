@@ -76,6 +76,26 @@ class ScoreResult:
         return ScoreResult(part(self.scores), part(self.p_values), part(self.novel), dict(self.thresholds),
                            cut(self.latent_mean), cut(self.resample_weight), cut(self.resample), cut(self.anomaly_maps))
 
+    GROUPS = ("score", "p_value", "novel")  # column prefixes of the per-score dicts, in to_columns / from_columns
+    ARRAYS = ("resample_weight", "resample", "latent_mean", "anomaly_maps")
+
+    def to_columns(self) -> dict[str, np.ndarray]:
+        """One array per column: "score/<name>", "p_value/<name>", "novel/<name>", and "resample_weight",
+        "resample", "latent_mean", "anomaly_maps" where present. ``from_columns`` is the inverse: score tables,
+        audit chunks and the audit merge all go through this pair."""
+        cols = {f"{group}/{name}": values
+                for group, d in zip(self.GROUPS, (self.scores, self.p_values, self.novel)) for name, values in d.items()}
+        cols.update({key: getattr(self, key) for key in self.ARRAYS if getattr(self, key) is not None})
+        return cols
+
+    @classmethod
+    def from_columns(cls, cols: dict[str, np.ndarray], thresholds: dict[str, float] | None = None) -> "ScoreResult":
+        """The inverse of ``to_columns``; other columns (an index, labels) are ignored."""
+        groups = {group: {k.split("/", 1)[1]: v for k, v in cols.items() if k.startswith(f"{group}/")}
+                  for group in cls.GROUPS}
+        return cls(groups["score"], groups["p_value"], groups["novel"], dict(thresholds or {}),
+                   **{key: cols.get(key) for key in cls.ARRAYS})
+
     @staticmethod
     def concat(parts: list["ScoreResult"]) -> "ScoreResult":
         first = parts[0]

@@ -12,19 +12,21 @@ from detector.errors import InvalidInput
 from detector.scoring.scorer import ScoreResult
 
 
+TABLE_NAMES = {"score/": "", "p_value/": "p_value_", "novel/": "is_novel_"}  # ScoreResult column -> table column
+NOT_IN_TABLES = ("latent_mean", "anomaly_maps")  # per-sample arrays, not scalars
+
+
 def result_columns(result: ScoreResult, index: np.ndarray, labels: np.ndarray | None) -> dict[str, np.ndarray]:
+    """A score table's columns: index, label if any, then every score, p-value, verdict and the resample weight
+    and flag, named as the table contract has them ("novelty", "p_value_novelty", "is_novel_novelty", ...)."""
     cols: dict[str, np.ndarray] = {"index": index}
     if labels is not None:
         cols["label"] = labels
-    for name, values in result.scores.items():
-        cols[name] = values
-    for name, values in result.p_values.items():
-        cols[f"p_value_{name}"] = values
-    for name, values in result.novel.items():
-        cols[f"is_novel_{name}"] = values
-    if result.resample_weight is not None:
-        cols["resample_weight"] = result.resample_weight
-        cols["resample"] = result.resample
+    for key, values in result.to_columns().items():
+        if key in NOT_IN_TABLES:
+            continue
+        prefix = key.split("/", 1)[0] + "/" if "/" in key else ""
+        cols[TABLE_NAMES.get(prefix, "") + key[len(prefix):]] = values
     return cols
 
 
