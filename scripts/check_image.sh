@@ -3,13 +3,13 @@
 # non-root, read-only root filesystem, bundle mounted read-only; health SERVING, a Score over gRPC from the host,
 # /metrics, `podman healthcheck run`, SIGTERM under load drains and exits 0 within the grace; image size by layer.
 #
-#   sudo bash scripts/check_image.sh            (Debian, as root; about 7 GB of disk; 10-15 minutes)
+#   sudo bash scripts/check_image.sh            (Debian, as root; 15 GB of free disk; 6-10 minutes)
 #   KEEP=1 sudo bash scripts/check_image.sh     keep the images afterwards (the base is reused by the next run)
 #
 # Needs scripts/setup.sh to have run (the host side trains the bundle and is the gRPC client).
 # What such a VM needs, stated rather than hidden (a private containers.conf via CONTAINERS_CONF, the machine's
 # own configuration is not touched):
-#   - runtime runc: crun fails to set up cgroups here;
+#   - runtime runc: the runtime known to work on these VMs;
 #   - default_ulimits nofile=20000, nproc=32768: the VM's hard limits are below podman's defaults;
 #   - cgroup_manager cgroupfs, events_logger file: no systemd session;
 #   - no registry is reachable, so the base is a Debian minbase made by mmdebstrap and `podman import`ed;
@@ -56,6 +56,10 @@ cgroup_manager = "cgroupfs"
 events_logger = "file"
 EOF
 export CONTAINERS_CONF="$WORK/containers.conf"
+storage="$(podman info --format '{{.Store.GraphRoot}}')"
+mkdir -p "$storage"
+free_gb=$(( $(df --output=avail -k "$storage" | tail -1) / 1048576 ))
+[ "$free_gb" -ge 15 ] || { echo "check_image: $free_gb GB free under $storage; building needs 15 (the image, once as a container and once committed)" >&2; exit 2; }
 
 # ---------------------------------------------------------------- base image (Debian bookworm: Python 3.11)
 if ! podman image exists "$BASE_TAG"; then
@@ -90,7 +94,7 @@ say "pip settings for the build: $(grep -c = "$WORK/pip.conf") (mounted: ${mount
 
 # ---------------------------------------------------------------- build
 t0=$(date +%s)
-podman build --quiet --format docker -f deploy/Dockerfile -t "$TAG" --build-arg "BASE=$BASE_TAG" \
+podman build --quiet --format docker --layers=false --force-rm -f deploy/Dockerfile -t "$TAG" --build-arg "BASE=$BASE_TAG" \
     "${secrets[@]}" "${mounts[@]}" . >/dev/null
 build_s=$(( $(date +%s) - t0 ))
 [ "$(podman image inspect -f '{{.Config.User}}' "$TAG")" = 10001 ] || fail "image does not run as uid 10001"
@@ -168,10 +172,11 @@ say "SIGTERM under load (16 clients): exit code 0 after ${stop_s}s; $load_summar
 
 # ---------------------------------------------------------------- size
 size_mb=$(( $(podman image inspect -f '{{.Size}}' "$TAG") / 1000000 ))
-say "image size: ${size_mb} MB; layers (largest first):"
+say "image size: ${size_mb} MB; layers (newest first):"
 podman history --format '{{.Size}}\t{{.CreatedBy}}' "$TAG" | grep -v '^0 B' | cut -c1-150 | sed 's/^/    /' || true
-venv_mb=$(podman run --rm --entrypoint du "$TAG" -sm /app/.venv | cut -f1)
-nvidia_mb=$(podman run --rm --entrypoint sh "$TAG" -c 'du -smc /app/.venv/lib/python3*/site-packages/nvidia* 2>/dev/null | tail -1 | cut -f1')
-lists=$(podman run --rm --entrypoint sh "$TAG" -c 'find /var/lib/apt/lists -type f ! -name lock 2>/dev/null | wc -l')
+inside() { podman run --rm --no-healthcheck --entrypoint sh "$TAG" -c "$1"; }
+venv_mb=$(inside 'du -sm /app/.venv | cut -f1')
+nvidia_mb=$(inside 'du -smc /app/.venv/lib/python3*/site-packages/nvidia* 2>/dev/null | tail -1 | cut -f1')
+lists=$(inside 'find /var/lib/apt/lists -type f ! -name lock 2>/dev/null | wc -l')
 say "in it: .venv ${venv_mb} MB, of which NVIDIA libraries ${nvidia_mb:-0} MB; apt list files: ${lists}"
 say "OK in $(( $(date +%s) - t_start ))s"
