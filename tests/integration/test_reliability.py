@@ -78,10 +78,10 @@ def test_out_of_memory_batches_are_scored_in_halves(scorer, monkeypatch):
     limit = 4
     original = Scorer.score_checked
 
-    def small_device(self, batch, diagnostics=()):
+    def small_device(self, batch, diagnostics=(), maps=False):
         if len(batch) > limit:
             raise torch.OutOfMemoryError("simulated: CUDA out of memory")
-        return original(self, batch, diagnostics)
+        return original(self, batch, diagnostics, maps)
 
     monkeypatch.setattr(Scorer, "score_checked", small_device)
     x = bars(11, size=16, seed=5)
