@@ -5,6 +5,8 @@
 #
 #   sudo bash scripts/check_image.sh            (Debian, as root; 15 GB of free disk; 6-10 minutes)
 #   KEEP=1 sudo bash scripts/check_image.sh     keep the images afterwards (the base is reused by the next run)
+#   BARE_BASE=1 sudo bash scripts/check_image.sh    a base without Python, as nvidia/cuda's are: the Dockerfile's
+#                                               apt path installs the distribution's python3 and python3-venv
 #
 # Needs scripts/setup.sh to have run (the host side trains the bundle and is the gRPC client).
 # What such a VM needs, stated rather than hidden (a private containers.conf via CONTAINERS_CONF, the machine's
@@ -21,7 +23,9 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 [ -x .venv/bin/detector ] || { echo "check_image: run scripts/setup.sh first" >&2; exit 2; }
 
 TAG=localhost/vae-detector:check
+BASE_PACKAGES=python3,python3-venv,ca-certificates
 BASE_TAG=localhost/vae-detector-base:bookworm
+if [ "${BARE_BASE:-0}" = 1 ]; then BASE_PACKAGES=ca-certificates; BASE_TAG=localhost/vae-detector-base:bookworm-bare; fi
 NAME="vae-detector-check-$$"
 WORK="$(mktemp -d)"
 GRACE_S=20
@@ -63,8 +67,8 @@ free_gb=$(( $(df --output=avail -k "$storage" | tail -1) / 1048576 ))
 
 # ---------------------------------------------------------------- base image (Debian bookworm: Python 3.11)
 if ! podman image exists "$BASE_TAG"; then
-    say "building the base with mmdebstrap (minbase + python3, python3-venv, ca-certificates)"
-    mmdebstrap --quiet --variant=minbase --include=python3,python3-venv,ca-certificates \
+    say "building the base with mmdebstrap (minbase + $BASE_PACKAGES)"
+    mmdebstrap --quiet --variant=minbase --include="$BASE_PACKAGES" \
         --aptopt='Acquire::Check-Valid-Until "false"' bookworm "$WORK/base.tar"
     podman import --change 'CMD ["/bin/bash"]' "$WORK/base.tar" "$BASE_TAG" >/dev/null
     rm -f "$WORK/base.tar"
@@ -179,4 +183,7 @@ venv_mb=$(inside 'du -sm /app/.venv | cut -f1')
 nvidia_mb=$(inside 'du -smc /app/.venv/lib/python3*/site-packages/nvidia* 2>/dev/null | tail -1 | cut -f1')
 lists=$(inside 'find /var/lib/apt/lists -type f ! -name lock 2>/dev/null | wc -l')
 say "in it: .venv ${venv_mb} MB, of which NVIDIA libraries ${nvidia_mb:-0} MB; apt list files: ${lists}"
+[ "$lists" = 0 ] || fail "$lists apt list files left in the image"
+python=$(inside 'python3 --version')
+say "Python in the image: $python"
 say "OK in $(( $(date +%s) - t_start ))s"
