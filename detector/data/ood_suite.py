@@ -309,7 +309,8 @@ def _patches(images: list[np.ndarray], n: int, shape: Shape, rng: np.random.Gene
     out = np.empty((n, c, h, w), np.uint8)
     for i in range(n):
         img = images[int(rng.integers(len(images)))]
-        side = int(rng.integers(min(h, w), min(img.shape[:2]) // 2))
+        largest = min(img.shape[:2]) // 2
+        side = int(rng.integers(min(h, w, largest - 1), largest))  # a frame larger than half the photo: upscaled
         r, col = rng.integers(0, img.shape[0] - side), rng.integers(0, img.shape[1] - side)
         patch = Image.fromarray(np.ascontiguousarray(img[r:r + side, col:col + side]))
         patch = patch.resize((w, h), Image.BILINEAR)

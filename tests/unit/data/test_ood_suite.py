@@ -3,7 +3,7 @@ import pytest
 
 from detector.data import ood_suite
 
-SHAPES = [(1, 28, 28), (3, 64, 64)]
+SHAPES = [(1, 28, 28), (3, 64, 64), (3, 128, 128)]  # 128: frames larger than half of some photos
 GENERATORS = [make for _, _, make in ood_suite.SUITE] + [ood_suite.coloured_objects]
 
 
