@@ -137,7 +137,7 @@ def score_samples_remote(target: str, samples, batch_size: int = 256, progress: 
                          diagnostics: Sequence[str] = (), on_maps=None):
     """`detector score --server`: a whole SampleSet through the server, as a ScoreResult; with ``on_maps``, each
     batch's anomaly maps are handed to it (start index, maps), as Scorer.score_samples does."""
-    from tqdm.auto import tqdm
+    from detector.progress import progress as progress_bar
 
     from detector.errors import DetectorError
     from detector.scoring.scorer import ScoreResult
@@ -145,7 +145,7 @@ def score_samples_remote(target: str, samples, batch_size: int = 256, progress: 
     parts = []
     try:
         with DetectorClient(target, timeout=60.0, credentials=credentials, metadata=metadata) as client, \
-                tqdm(total=len(samples), desc="scoring (remote)", unit="sample", disable=not progress) as bar:
+                progress_bar(len(samples), "scoring (remote)", enabled=progress, leave=True) as bar:
             for start, raw in samples.chunks(batch_size):
                 r = client.score(raw, sample_ids=[str(start + i) for i in range(len(raw))], diagnostics=diagnostics,
                                  maps=on_maps is not None)

@@ -64,7 +64,7 @@ class ScoreConfig:
     # 2 kept the far-OOD and one-class AUROC of 4 within 0.001 (README "Scores")
     knn_k: int = 2  # training latents latent_knn averages over (README "Scores")
     iw_samples: int = 8  # K for the importance-weighted NLL (a diagnostic, computed when asked for)
-    iw_chunk: int = 4096  # samples x K evaluated per forward pass: bounds memory
+    iw_chunk: int = 4096  # samples x K evaluated per decoder call, in 28x28 images' worth (scores.CHUNK_DIMS)
     target_fpr: float = 0.01  # false-positive rate the thresholds are set at
     batch_size: int = 1024  # scoring batch
 

@@ -37,7 +37,12 @@ say() { printf 'check_image: %s\n' "$*"; }
 fail() { printf 'check_image: FAIL: %s\n' "$*" >&2; podman logs "$NAME" 2>&1 | tail -20 >&2 || true; exit 1; }
 cleanup() {
     podman rm -f "$NAME" >/dev/null 2>&1 || true
-    if [ "${KEEP:-0}" != 1 ]; then podman rmi -f "$TAG" "$BASE_TAG" >/dev/null 2>&1 || true; fi
+    if [ "${KEEP:-0}" != 1 ]; then
+        podman rmi -f "$TAG" "$BASE_TAG" >/dev/null 2>&1 || true
+        if [ -f "$WORK/images.before" ]; then  # the build's intermediate layers, and nothing that was there before
+            podman images -aq --no-trunc | sort | comm -13 "$WORK/images.before" - | xargs -r podman rmi -f >/dev/null 2>&1 || true
+        fi
+    fi
     rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -98,7 +103,8 @@ say "pip settings for the build: $(grep -c = "$WORK/pip.conf") (mounted: ${mount
 
 # ---------------------------------------------------------------- build
 t0=$(date +%s)
-podman build --quiet --format docker --layers=false --force-rm -f deploy/Dockerfile -t "$TAG" --build-arg "BASE=$BASE_TAG" \
+podman images -aq --no-trunc | sort > "$WORK/images.before"
+podman build --quiet --format docker --force-rm -f deploy/Dockerfile -t "$TAG" --build-arg "BASE=$BASE_TAG" \
     "${secrets[@]}" "${mounts[@]}" . >/dev/null
 build_s=$(( $(date +%s) - t0 ))
 [ "$(podman image inspect -f '{{.Config.User}}' "$TAG")" = 10001 ] || fail "image does not run as uid 10001"

@@ -9,7 +9,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
+from detector.progress import progress as progress_bar
 
 from detector.audit import chunks
 from detector.audit.report import write_report
@@ -54,8 +54,8 @@ def run_audit(bundle: Path, spec: str, out: Path, chunk_size: int = 8192, batch_
     mine = [i for i in range(rank, plan.n_chunks, world) if not chunks.is_done(out, i)]
     todo = sum(plan.chunk_range(i)[1] - plan.chunk_range(i)[0] for i in mine)
     labels = samples.labels
-    with tqdm(total=todo, desc=f"auditing{f' (rank {rank})' if world > 1 else ''}", unit="sample",
-              disable=not progress or rank != 0) as bar:
+    with progress_bar(todo, f"auditing{f' (rank {rank})' if world > 1 else ''}", enabled=progress and rank == 0,
+                      leave=True) as bar:
         for i in mine:
             start, stop = plan.chunk_range(i)
             parts = []

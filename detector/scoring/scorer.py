@@ -12,7 +12,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
+from detector.progress import progress as progress_bar
 
 from detector.config import ModelConfig
 from detector.data.sampleset import SampleSet, to_model_space
@@ -247,7 +247,7 @@ class Scorer:
 
     def iter_results(self, samples: SampleSet, batch_size: int = 1024, progress: bool = True,
                      desc: str = "scoring", diagnostics=(), maps: bool = False) -> Iterator[tuple[int, ScoreResult]]:
-        with tqdm(total=len(samples), desc=desc, unit="sample", disable=not progress, leave=False) as bar:
+        with progress_bar(len(samples), desc, enabled=progress) as bar:
             for start, raw in samples.chunks(batch_size):
                 yield start, self.score(raw, diagnostics, maps)
                 bar.update(len(raw))

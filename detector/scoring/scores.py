@@ -23,6 +23,10 @@ from detector.scoring.latent import LatentReference
 # per sample on the CPU (it and complexity_corrected are filled in by the Scorer, which holds the raw bytes).
 DIAGNOSTICS = ("iw_nll", "complexity")
 _LOG_2PI = math.log(2 * math.pi)
+# ``chunk`` counts decoded samples of this many dimensions (a 28x28 image): a decoder call holds about chunk x
+# CHUNK_DIMS output values whatever the image size, so 3x128x128 frames go 63 times fewer per call than 28x28 ones
+# (at 4096, a whole-chunk decode of 3x128x128 frames peaked at 8 GB of RSS).
+CHUNK_DIMS = 28 * 28
 
 
 def fixed_noise(k: int, latent_dim: int, seed: int = 1234) -> torch.Tensor:
@@ -40,7 +44,7 @@ def _sampled_terms(model: VAE, x: torch.Tensor, mu: torch.Tensor, logvar: torch.
     k = eps.shape[0]
     std = torch.exp(0.5 * logvar)
     expected_ll, iw, recon = [], [], []
-    per_chunk = max(1, chunk // (k + with_mean))
+    per_chunk = max(1, chunk * CHUNK_DIMS // ((k + with_mean) * max(model.input_dims, CHUNK_DIMS)))
     for start in range(0, x.shape[0], per_chunk):
         sl = slice(start, start + per_chunk)
         z = mu[sl, None, :] + std[sl, None, :] * eps[None]  # (b, K, Z)

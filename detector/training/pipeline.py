@@ -126,10 +126,10 @@ def fit_map_scale(scorer: Scorer, samples: SampleSet, batch_size: int) -> MapSca
 
 def _raw(scorer: Scorer, samples: SampleSet, batch_size: int, progress: bool, desc: str,
          diagnostics=()) -> dict[str, np.ndarray]:
-    from tqdm.auto import tqdm
+    from detector.progress import progress as progress_bar
 
     parts = []
-    with tqdm(total=len(samples), desc=desc, unit="sample", disable=not progress, leave=False) as bar:
+    with progress_bar(len(samples), desc, enabled=progress) as bar:
         for _, raw in samples.chunks(batch_size):
             parts.append(scorer.raw_scores(raw, diagnostics)[0])
             bar.update(len(raw))

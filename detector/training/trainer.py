@@ -12,6 +12,7 @@ import torch
 from tqdm.auto import tqdm
 
 from detector.config import ModelConfig, TrainConfig, resolve_epochs
+from detector.progress import progress as progress_bar
 from detector.model.vae import VAE
 from detector.training.distributed import DistContext
 from detector.data.batches import sequential_batches, shuffled_batches
@@ -126,8 +127,7 @@ def train_vae(
             break
         t0 = time.perf_counter()
         weights = sample_weights(model, dist) if sample_weights is not None else None
-        bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{epochs}", disable=not progress or not dist.is_main,
-                   leave=False, unit="batch")
+        bar = progress_bar(steps, f"epoch {epoch + 1}/{epochs}", "batch", enabled=progress and dist.is_main)
         running = 0.0
         if weights is not None and dist.enabled:
             weights = dist.shard(weights)
