@@ -128,8 +128,8 @@ say "trained a tiny bundle (16x16 bars, 2 epochs)"
 free_port() { .venv/bin/python -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 GRPC_PORT=$(free_port); METRICS_PORT=$(free_port)
 t0=$(now_ms)
-# --health-interval=disable: without systemd podman cannot schedule the periodic check (it logs an error per
-# container); the HEALTHCHECK itself stays, and `podman healthcheck run` below runs it.
+# Without systemd podman cannot schedule the periodic check: it logs "unable to get systemd connection" (harmless,
+# also with --health-interval=disable on podman 4.3); the HEALTHCHECK stays, and `podman healthcheck run` runs it.
 podman run -d --name "$NAME" --health-interval=disable --read-only --tmpfs /tmp --cap-drop ALL --security-opt no-new-privileges \
     -v "$WORK/models:/models:ro" -p "127.0.0.1:$GRPC_PORT:50051" -p "127.0.0.1:$METRICS_PORT:9090" "$TAG" >/dev/null
 until .venv/bin/detector health --target "127.0.0.1:$GRPC_PORT" >/dev/null 2>&1; do
