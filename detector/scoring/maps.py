@@ -18,6 +18,7 @@ Costs one more encoder and decoder pass with a backward pass to the input: compu
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,6 +31,7 @@ from detector.model.vae import VAE, kl_divergence
 Z_99 = 2.326  # the 99th percentile of a standard normal: the normal maps' 99th percentile pixel maps to it
 CENTER, SPREAD = "map/center", "map/spread"  # the bundle's calibration arrays
 MAX_FIT_PIXELS = 1_000_000
+MAP_CHUNK_DIMS = 1024 * 28 * 28  # input values per backward pass: 1,024 28x28 images, 16 3x128x128 frames
 
 
 def smoothing_sigma(height: int, width: int) -> float:
@@ -57,9 +59,14 @@ def smooth(maps: torch.Tensor) -> torch.Tensor:
 
 
 def raw_maps(model: VAE, x: torch.Tensor) -> torch.Tensor:
-    """Unstandardised maps (B, H, W) float32 for a model-space batch ``x`` (B, C, H, W)."""
-    residual, grad = map_terms(model, x)
-    return smooth(residual * grad)
+    """Unstandardised maps (B, H, W) float32 for a model-space batch ``x`` (B, C, H, W), computed MAP_CHUNK_DIMS
+    input values at a time: the backward pass keeps every activation, so its memory grows with the chunk."""
+    per_call = max(1, MAP_CHUNK_DIMS // math.prod(x.shape[1:]))
+    parts = []
+    for start in range(0, x.shape[0], per_call):
+        residual, grad = map_terms(model, x[start:start + per_call])
+        parts.append(smooth(residual * grad))
+    return torch.cat(parts)
 
 
 @dataclass(frozen=True)
