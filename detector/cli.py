@@ -115,6 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="requests per ScoreStream before it is ended with RESOURCE_EXHAUSTED; 0: no limit")
     p.add_argument("--no-batching", action="store_true", help="one request per forward pass (benchmarks)")
     p.add_argument("--grace-s", type=float, default=20.0, help="SIGTERM: time in-flight requests get to finish")
+    p.add_argument("--ready-file", type=Path, metavar="FILE",
+                   help="write JSON here once SERVING (pid, grpc and metrics addresses, model version, device); "
+                        "removed at exit: for scripts and harnesses that start the server")
     p.add_argument("--drift-window", type=_positive_int, default=1000, metavar="SAMPLES",
                    help="drift tests (detector_drift_p_value) run on the primary score's p-values of the last this "
                         "many samples (default 1000; at least 30)")
@@ -230,7 +233,7 @@ def _serve(args: argparse.Namespace) -> int:
     cfg.validate()
     scorer = Scorer.from_path(args.model, device=args.device, precision=args.precision)
     try:
-        asyncio.run(serve_forever(scorer, cfg, args.model))
+        asyncio.run(serve_forever(scorer, cfg, args.model, args.ready_file))
     except OSError as exc:
         raise DetectorError(f"cannot serve: {exc}") from None
     return 0

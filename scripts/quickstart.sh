@@ -22,18 +22,18 @@ for set in handwriting photos; do
 done
 
 echo "== 4. serve over gRPC (port and metrics port picked free) =="
-detector serve --model "$RUN/bundle" --port 0 --metrics-port 0 > "$RUN/serve.log" 2>&1 &
+rm -f "$RUN/ready.json"
+detector serve --model "$RUN/bundle" --port 0 --metrics-port 0 --ready-file "$RUN/ready.json" > "$RUN/serve.log" 2>&1 &
 SERVER=$!
 trap 'kill -TERM $SERVER 2>/dev/null || true' EXIT
-for _ in $(seq 1 120); do
-    grep -q "^serving" "$RUN/serve.log" && break
+for _ in $(seq 1 240); do  # the ready file (JSON) appears once the server is SERVING
+    [ -f "$RUN/ready.json" ] && break
     kill -0 $SERVER 2>/dev/null || { cat "$RUN/serve.log"; exit 1; }
-    sleep 0.5
+    sleep 0.25
 done
-line=$(grep "^serving" "$RUN/serve.log")
-echo "$line"
-target=$(echo "$line" | sed -E 's/.* on ([0-9.]+:[0-9]+) .*/\1/')
-metrics=$(echo "$line" | sed -E 's/.*metrics on (http[^ ]+).*/\1/')
+grep "^serving" "$RUN/serve.log"
+target=$(python -c 'import json, sys; print(json.load(open(sys.argv[1]))["grpc"])' "$RUN/ready.json")
+metrics=$(python -c 'import json, sys; print(json.load(open(sys.argv[1]))["metrics"])' "$RUN/ready.json")
 
 echo "== 5. score normal and odd samples over gRPC; show the metrics =="
 python scripts/demo_client.py "$target" "$metrics"

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -31,7 +30,6 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -42,62 +40,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 from benchlib import stamp  # noqa: E402
 from loadgen import bench_samples, load  # noqa: E402
 
-
-class ServeProcess:
-    """`detector serve` on a free loopback port, its stderr in a file; stopped with SIGTERM."""
-
-    def __init__(self, model: Path, *extra: str):
-        self.log = tempfile.NamedTemporaryFile("w+", suffix=".log", delete=False)
-        self.proc = subprocess.Popen([sys.executable, "-m", "detector", "serve", "--model", str(model), "--port", "0",
-                                      "--metrics-port", "0", "--device", "cpu", *extra],
-                                     stdout=subprocess.PIPE, stderr=self.log, text=True)
-        line = self.proc.stdout.readline()
-        match = re.search(r"on 127\.0\.0\.1:(\d+).*http://127\.0\.0\.1:(\d+)/metrics", line)
-        if not match:
-            raise RuntimeError(f"server did not start: {line!r} {Path(self.log.name).read_text()[-2000:]}")
-        self.target = f"127.0.0.1:{match.group(1)}"
-        self.metrics_url = f"http://127.0.0.1:{match.group(2)}/metrics"
-
-    def metrics(self) -> dict[tuple, float]:
-        from prometheus_client.parser import text_string_to_metric_families
-
-        text = urllib.request.urlopen(self.metrics_url, timeout=10).read().decode()
-        return {(s.name, tuple(sorted(s.labels.items()))): s.value
-                for fam in text_string_to_metric_families(text) for s in fam.samples}
-
-    def metric_sum(self, name: str, **labels) -> float:
-        return sum(v for (n, lab), v in self.metrics().items()
-                   if n == name and all(dict(lab).get(k) == w for k, w in labels.items()))
-
-    def rss_mb(self) -> float:
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-        return float("nan")
-
-    def serving(self) -> bool:
-        import grpc
-        from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-        with grpc.insecure_channel(self.target) as channel:
-            try:
-                reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
-            except grpc.RpcError:
-                return False
-        return reply.status == health_pb2.HealthCheckResponse.SERVING
-
-    def stop(self) -> tuple[int, str, str]:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        out, _ = self.proc.communicate(timeout=60)
-        self.log.flush()
-        return self.proc.returncode, out, Path(self.log.name).read_text()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.stop()
+from detector.serving.process import ServeProcess  # noqa: E402
 
 
 # ---------------------------------------------------------------- fuzz

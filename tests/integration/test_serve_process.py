@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -16,21 +16,16 @@ import numpy as np
 
 from detector.client import DetectorClient
 from detector.data.synthetic import bars
+from detector.serving.process import ServeProcess
 from tests.conftest import NOVELTY_TOLERANCE
 
 
-def start_serve(bundle, *extra):
-    proc = subprocess.Popen([sys.executable, "-m", "detector", "serve", "--model", str(bundle), "--port", "0",
-                             "--metrics-port", "0", "--device", "cpu", *extra],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    line = proc.stdout.readline()
-    match = re.search(r"on 127\.0\.0\.1:(\d+)", line)
-    assert match, (line, proc.stderr.read() if proc.poll() is not None else "")
-    return proc, f"127.0.0.1:{match.group(1)}"
-
-
 def test_sigterm_drains_in_flight_requests_and_exits_0(bundle_path):
-    proc, target = start_serve(bundle_path, "--max-delay-ms", "20")
+    srv = ServeProcess(bundle_path, "--max-delay-ms", "20")
+    target, ready_file = srv.target, srv._dir / "ready.json"
+    info = json.loads(ready_file.read_text())  # the harness found the server through it
+    assert info["pid"] == srv.proc.pid and info["grpc"] == target and info["metrics"].endswith("/metrics")
+    assert info["model_version"].startswith("vae-") and info["device"] == "cpu"
     outcomes, lock = [], threading.Lock()
     stop_sending = threading.Event()
 
@@ -53,20 +48,21 @@ def test_sigterm_drains_in_flight_requests_and_exits_0(bundle_path):
     for t in threads:
         t.start()
     time.sleep(1.5)
-    proc.send_signal(signal.SIGTERM)
-    out, err = proc.communicate(timeout=60)
+    code, out, err = srv.stop()
     stop_sending.set()
     for t in threads:
         t.join(30)
-    assert proc.returncode == 0, err
+    assert code == 0, err
     assert "draining" in out and "stopped" in out
+    assert not ready_file.exists()  # removed at exit: a stale file never points at a dead server
     assert outcomes.count("ok") > 8
     # Every request was either answered correctly or refused before being accepted.
     assert set(outcomes) <= {"ok", "UNAVAILABLE"}, set(outcomes)
 
 
 def test_score_through_server_matches_in_process(bundle_path, data_dir, tmp_path):
-    proc, target = start_serve(bundle_path)
+    srv = ServeProcess(bundle_path)
+    target = srv.target
     try:
         run = lambda *a: subprocess.run([sys.executable, "-m", "detector", "--quiet", "score", *a],  # noqa: E731
                                         capture_output=True, text=True, timeout=120)
@@ -81,8 +77,7 @@ def test_score_through_server_matches_in_process(bundle_path, data_dir, tmp_path
         bad = run("--server", "127.0.0.1:1", "--data", str(data_dir / "anomalous.npz"), "--out", str(tmp_path / "x.csv"))
         assert bad.returncode == 2 and "UNAVAILABLE" in bad.stderr and "Traceback" not in bad.stderr
     finally:
-        proc.terminate()
-        proc.wait(30)
+        srv.stop()
 
 
 def test_serve_with_bad_bundle_exits_2(tmp_path):
@@ -94,7 +89,8 @@ def test_serve_with_bad_bundle_exits_2(tmp_path):
 def test_sighup_reloads_the_bundle_behind_the_model_path(bundle_path, other_bundle, tmp_path):
     link = tmp_path / "current"
     link.symlink_to(bundle_path)
-    proc, target = start_serve(link)
+    srv = ServeProcess(link)
+    target = srv.target
     try:
         with DetectorClient(target, timeout=10) as client:
             first = client.model_info().model_version
@@ -103,7 +99,7 @@ def test_sighup_reloads_the_bundle_behind_the_model_path(bundle_path, other_bund
                 tmp = tmp_path / "next"
                 tmp.symlink_to(to)
                 os.replace(tmp, link)  # atomic: the server never sees a half-written path
-                proc.send_signal(signal.SIGHUP)
+                srv.signal(signal.SIGHUP)
 
             def version_after(seconds):
                 deadline = time.monotonic() + seconds
@@ -123,6 +119,5 @@ def test_sighup_reloads_the_bundle_behind_the_model_path(bundle_path, other_bund
             assert client.model_info().model_version == second
             assert client.score(bars(3, size=16, seed=1)).model_version == second
     finally:
-        proc.terminate()
-        _, err = proc.communicate(timeout=30)
+        _, _, err = srv.stop()
     assert "reload refused" in err and "no model bundle here" in err

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import time
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from detector.scoring.scorer import Scorer
 from detector.serving.grpc.security import BearerTokenInterceptor, server_credentials
 from detector.serving.grpc.servicer import DetectorServicer, add_detector_service
 from detector.serving.metrics import ServerMetrics
+from detector.serving.process import write_ready_file
 from detector.serving.service import ScoringService
 from detector.v1 import detector_pb2
 
@@ -106,12 +108,26 @@ async def _reload_quietly(service: ScoringService, path: Path) -> None:
         pass  # logged and counted by the service; the old model keeps serving
 
 
-async def serve_forever(scorer: Scorer, cfg: ServeConfig, model_path: Path | None = None) -> None:
+async def serve_forever(scorer: Scorer, cfg: ServeConfig, model_path: Path | None = None,
+                        ready_file: Path | None = None) -> None:
     """Serve until SIGTERM/SIGINT; SIGHUP reloads the bundle at ``model_path`` (swap a symlink or the
-    directory's contents first)."""
+    directory's contents first). ``ready_file``: JSON written once SERVING (pid, grpc and metrics addresses, model
+    version, device) and removed at exit, for whatever started the server."""
     running = await start_server(scorer, cfg)
-    metrics = f", metrics on http://{cfg.metrics_host}:{running.metrics_port}/metrics" if running.metrics_port else ""
+    metrics_url = f"http://{cfg.metrics_host}:{running.metrics_port}/metrics" if running.metrics_port else None
+    metrics = f", metrics on {metrics_url}" if metrics_url else ""
     print(f"serving {scorer.model_version} on {cfg.host}:{running.port} ({scorer.device}){metrics}", flush=True)
+    if ready_file is not None:
+        write_ready_file(ready_file, {"pid": os.getpid(), "grpc": f"{cfg.host}:{running.port}", "metrics": metrics_url,
+                                      "model_version": scorer.model_version, "device": str(scorer.device)})
+    try:
+        await _until_stopped(running, cfg, model_path)
+    finally:
+        if ready_file is not None:
+            ready_file.unlink(missing_ok=True)
+
+
+async def _until_stopped(running: RunningServer, cfg: ServeConfig, model_path: Path | None) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
