@@ -7,22 +7,24 @@ import html
 import io
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+import torch
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+from detector.audit.stats import AuditStats
+from detector.scoring.overlay import overlay
+from detector.scoring.scorer import Scorer
 
-from detector.audit.stats import AuditStats  # noqa: E402
-from detector.scoring.overlay import overlay  # noqa: E402
-from detector.scoring.scorer import Scorer  # noqa: E402
+
+def _subplots(*grid, figsize, **kwargs):
+    """pyplot.subplots without pyplot: no global figure registry, no backend chosen for whoever imports this."""
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(*grid, **kwargs)
 
 
 def _png(fig) -> str:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
-    plt.close(fig)
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
@@ -32,7 +34,7 @@ def _figure(title: str, uri: str) -> str:
 
 def _histograms(stats: AuditStats) -> str:
     names = list(stats.hist_counts)
-    fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 3.0), squeeze=False)
+    fig, axes = _subplots(1, len(names), figsize=(4.2 * len(names), 3.0), squeeze=False)
     for ax, name in zip(axes[0], names):
         edges, counts = stats.hist_edges[name], stats.hist_counts[name]
         ax.bar(edges[:-1], counts, width=np.diff(edges), align="edge", color="#4878a8")
@@ -73,7 +75,7 @@ def _gallery(rows: list[dict], scorer: Scorer, samples, with_maps: bool = False)
         rec = _decoded(scorer, scorer.model.encode(scorer._to_device(raw))[0].cpu().numpy())
     maps = scorer.anomaly_maps(raw) if with_maps and scorer.map_scale is not None else None
     n_rows = 2 if maps is None else 3
-    fig, axes = plt.subplots(n_rows, len(rows), figsize=(1.1 * len(rows), 1.3 * n_rows), squeeze=False)
+    fig, axes = _subplots(n_rows, len(rows), figsize=(1.1 * len(rows), 1.3 * n_rows), squeeze=False)
     scale = 255.0 if raw.dtype == np.uint8 else 1.0
     for j, r in enumerate(rows):
         image = raw[j].reshape(scorer.sample_shape)
@@ -104,7 +106,7 @@ def _traversals(scorer: Scorer) -> str | None:
     order = np.argsort(variances)[::-1][:TRAVERSAL_AXES]
     z = np.stack([mean + t * np.sqrt(variances[k]) * axes_[:, k] for k in order for t in TRAVERSAL_STEPS])
     images = _decoded(scorer, z).reshape(len(order), len(TRAVERSAL_STEPS), *scorer.sample_shape)
-    fig, axes = plt.subplots(len(order), len(TRAVERSAL_STEPS), figsize=(1.0 * len(TRAVERSAL_STEPS), 1.0 * len(order)),
+    fig, axes = _subplots(len(order), len(TRAVERSAL_STEPS), figsize=(1.0 * len(TRAVERSAL_STEPS), 1.0 * len(order)),
                              squeeze=False)
     for i, k in enumerate(order):
         for j, t in enumerate(TRAVERSAL_STEPS):
@@ -118,7 +120,7 @@ def _prior_samples(scorer: Scorer, n: int = 16) -> str | None:
         return None
     z = np.random.default_rng(0).normal(size=(n, scorer.model_cfg.latent_dim))
     images = _decoded(scorer, z)
-    fig, axes = plt.subplots(2, n // 2, figsize=(1.0 * n / 2, 2.1), squeeze=False)
+    fig, axes = _subplots(2, n // 2, figsize=(1.0 * n / 2, 2.1), squeeze=False)
     for j, img in enumerate(images):
         _show(axes[j // (n // 2)][j % (n // 2)], img)
     return _png(fig)
@@ -128,7 +130,7 @@ def _p_values(stats: AuditStats) -> str | None:
     values, counts = stats.p_values.grid()
     if not len(values):
         return None
-    fig, ax = plt.subplots(figsize=(5.5, 3))
+    fig, ax = _subplots(figsize=(5.5, 3))
     ax.hist(values, bins=20, range=(0, 1), weights=counts / counts.sum() * 20, color="#4878a8")
     ax.axhline(1.0, color="k", ls="--", lw=1, label="no drift (uniform)")
     ax.set_xlabel("p-value of the primary score")
@@ -155,7 +157,7 @@ def _per_label(summary: dict) -> str | None:
     if not per:
         return None
     labels = list(per)
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3))
+    fig, axes = _subplots(1, 2, figsize=(9, 3))
     axes[0].bar(labels, [per[k]["novelty_rate"] for k in labels], color="#c0392b")
     axes[0].axhline(summary["target_fpr"], color="k", ls="--", lw=1, label="target FPR")
     axes[0].set_title("novelty rate per label")
@@ -173,7 +175,7 @@ def _latent(stats: AuditStats) -> str | None:
     centred = mu - mu.mean(0)
     _, _, vt = np.linalg.svd(centred, full_matrices=False)  # PCA to 2-D
     xy = centred @ vt[:2].T
-    fig, ax = plt.subplots(figsize=(5.5, 4.5))
+    fig, ax = _subplots(figsize=(5.5, 4.5))
     sc = ax.scatter(xy[:, 0], xy[:, 1], c=np.log10(w), s=4, cmap="viridis")
     fig.colorbar(sc, ax=ax, label="log10 resample weight (rarer = larger)")
     ax.set_title("latent means, PCA" + (f" (1 in {stats._stride} samples)" if stats._stride > 1 else ""))
@@ -184,7 +186,7 @@ def _weights(stats: AuditStats) -> str | None:
     w = stats.subsample("resample_weight")
     if w is None:
         return None
-    fig, ax = plt.subplots(figsize=(5, 3))
+    fig, ax = _subplots(figsize=(5, 3))
     ax.hist(np.log10(w), bins=60, color="#27ae60")
     ax.set_xlabel("log10 resample weight")
     ax.set_ylabel("samples (subsample)")
