@@ -228,8 +228,9 @@ def _serve(args: argparse.Namespace) -> int:
                       max_delay_ms=args.max_delay_ms, max_queue_samples=args.max_queue_samples,
                       max_queue_wait_ms=args.max_queue_wait_ms, max_stream_requests=args.max_stream_requests,
                       max_request_samples=args.max_request_samples, max_message_bytes=args.max_message_mb << 20,
-                      batching=not args.no_batching, grace_s=args.grace_s, drift_window_samples=args.drift_window, tls_cert=args.tls_cert,
-                      tls_key=args.tls_key, tls_client_ca=args.tls_client_ca, auth_token=_auth_token(args))
+                      batching=not args.no_batching, grace_s=args.grace_s, drift_window_samples=args.drift_window,
+                      tls_cert=args.tls_cert, tls_key=args.tls_key, tls_client_ca=args.tls_client_ca,
+                      auth_token=_auth_token(args))
     cfg.validate()
     scorer = Scorer.from_path(args.model, device=args.device, precision=args.precision)
     try:

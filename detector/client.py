@@ -137,9 +137,8 @@ def score_samples_remote(target: str, samples, batch_size: int = 256, progress: 
                          diagnostics: Sequence[str] = (), on_maps=None):
     """`detector score --server`: a whole SampleSet through the server, as a ScoreResult; with ``on_maps``, each
     batch's anomaly maps are handed to it (start index, maps), as Scorer.score_samples does."""
-    from detector.progress import progress as progress_bar
-
     from detector.errors import DetectorError
+    from detector.progress import progress as progress_bar
     from detector.scoring.scorer import ScoreResult
 
     parts = []

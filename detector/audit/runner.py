@@ -9,14 +9,14 @@ from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
-from detector.progress import progress as progress_bar
 
 from detector.audit import chunks
 from detector.audit.report import write_report
 from detector.audit.stats import AuditStats
 from detector.data import load_spec
 from detector.errors import InvalidInput
-from detector.scoring.scorer import ScoreResult, Scorer, check_diagnostics
+from detector.progress import progress as progress_bar
+from detector.scoring.scorer import Scorer, ScoreResult, check_diagnostics
 from detector.scoring.table import TableWriter, result_columns
 from detector.training.pipeline import fingerprint
 

@@ -9,7 +9,6 @@ went through, read from the encoder's features (``transform_nll``).
 from __future__ import annotations
 
 import contextlib
-
 import dataclasses
 import math
 

@@ -102,5 +102,5 @@ class MapScale:
 def require_map_scale(scale: MapScale | None) -> MapScale:
     if scale is None:
         raise BundleError("this bundle has no anomaly-map calibration (written before maps existed): run "
-                            "'detector calibrate' on it to add one")
+                          "'detector calibrate' on it to add one")
     return scale

@@ -12,7 +12,6 @@ from typing import Callable, Iterator
 
 import numpy as np
 import torch
-from detector.progress import progress as progress_bar
 
 from detector.config import ModelConfig
 from detector.data.sampleset import SampleSet, to_model_space
@@ -21,6 +20,7 @@ from detector.errors import ConfigError, InvalidInput, ModelNotReady
 from detector.model.bundle import Bundle, load_bundle
 from detector.model.device import resolve_device
 from detector.model.vae import N_TRANSFORMS, VAE
+from detector.progress import progress as progress_bar
 from detector.scoring.calibration import ScoreCalibration, calibration_from_bundle
 from detector.scoring.complexity import complexity_bpd
 from detector.scoring.latent import LEGACY_KNN_K, LatentReference
@@ -185,10 +185,11 @@ class Scorer:
         """Diagnostics computed for every batch: none, but for bundles written before the on-device score."""
         return frozenset(DIAGNOSTICS) if self.legacy else frozenset()
 
-    def _raw_tensors(self, batch: np.ndarray, diagnostics=()) -> dict[str, torch.Tensor]:
-        """Raw scores on the scoring device, and the latent means as "latent_mean_"."""
+    def _raw_tensors(self, batch: np.ndarray, diagnostics=(), x: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Raw scores on the scoring device, and the latent means as "latent_mean_"; ``x``: the batch already on
+        the device, when the caller moved it there."""
         want = check_diagnostics(diagnostics) | self.default_diagnostics
-        x = self._to_device(batch)
+        x = self._to_device(batch) if x is None else x
         with torch.autocast("cuda", dtype=self.autocast_dtype or torch.float32, enabled=self.autocast_dtype is not None):
             raw = raw_scores(self.model, x, self.eps, self.latent_reference, self.chunk,
                              self.iw_eps if "iw_nll" in want else None, self.transform_views)
@@ -218,10 +219,11 @@ class Scorer:
             raise InvalidInput("anomaly maps are for image models; this one scores feature vectors")
         return require_map_scale(self.map_scale)
 
-    def anomaly_maps(self, batch: np.ndarray) -> np.ndarray:
-        """Standardised per-pixel anomaly maps (B, H, W) float32 of a checked batch (maps.py)."""
+    def anomaly_maps(self, batch: np.ndarray, x: torch.Tensor | None = None) -> np.ndarray:
+        """Standardised per-pixel anomaly maps (B, H, W) float32 of a checked batch (maps.py); ``x``: the batch
+        already on the device."""
         scale = self.check_maps()
-        return scale.apply(raw_maps(self.model, self._to_device(batch))).cpu().numpy()
+        return scale.apply(raw_maps(self.model, self._to_device(batch) if x is None else x)).cpu().numpy()
 
     def score_checked(self, batch: np.ndarray, diagnostics=(), maps: bool = False) -> ScoreResult:
         """``score`` for a non-empty batch that already passed ``check_batch`` (the server checks each
@@ -229,8 +231,9 @@ class Scorer:
         the scoring device; the results cross to the host once, at the end."""
         if self.fusion is None or not self.calibration:
             raise ModelNotReady("bundle is not calibrated: run 'detector calibrate'")
-        anomaly_maps = self.anomaly_maps(batch) if maps else None
-        raw = self._raw_tensors(batch, diagnostics)
+        x = self._to_device(batch)  # once, for the scores and the maps
+        anomaly_maps = self.anomaly_maps(batch, x) if maps else None
+        raw = self._raw_tensors(batch, diagnostics, x)
         mu = raw.pop("latent_mean_")
         raw[PRIMARY] = self.fusion.apply(raw)
         p_values, novel, thresholds = {}, {}, {}

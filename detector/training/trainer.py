@@ -12,11 +12,11 @@ import torch
 from tqdm.auto import tqdm
 
 from detector.config import ModelConfig, TrainConfig, resolve_epochs
-from detector.progress import progress as progress_bar
-from detector.model.vae import VAE
-from detector.training.distributed import DistContext
 from detector.data.batches import sequential_batches, shuffled_batches
+from detector.model.vae import VAE
+from detector.progress import progress as progress_bar
 from detector.training.checkpoint import load_checkpoint, save_checkpoint
+from detector.training.distributed import DistContext
 
 
 @dataclass
