@@ -5,7 +5,9 @@
         result = client.score(images)          # (N, 1, 28, 28) uint8
         result.is_novel, result.novelty_score  # numpy arrays, request order
 
-Retries on UNAVAILABLE with exponential backoff come from gRPC's own retry policy.
+Retries come from gRPC's own retry policy: UNAVAILABLE (a server starting or draining) with exponential backoff, and
+RESOURCE_EXHAUSTED (an overloaded server) after the wait the server asks for (its ``grpc-retry-pushback-ms``), all
+within the call's timeout.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ def channel_options(retries: int = 4, initial_backoff_s: float = 0.05, max_messa
     policy = {"methodConfig": [{
         "name": [{"service": "detector.v1.Detector"}],
         "retryPolicy": {"maxAttempts": max(2, retries + 1), "initialBackoff": f"{initial_backoff_s}s",
-                        "maxBackoff": "2s", "backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILABLE"]},
+                        "maxBackoff": "2s", "backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILABLE", "RESOURCE_EXHAUSTED"]},
     }]}
     return [("grpc.service_config", json.dumps(policy)), ("grpc.enable_retries", 1),
             ("grpc.max_receive_message_length", max_message_bytes),

@@ -26,7 +26,11 @@ class ModelNotReady(DetectorError):
 
 
 class Overloaded(DetectorError):
-    """The scoring queue is full: try again later."""
+    """The scoring queue is full: try again later (after ``retry_after_s`` seconds, when the server can tell)."""
+
+    def __init__(self, message: str, retry_after_s: float | None = None):
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 class DeadlineExpired(DetectorError):

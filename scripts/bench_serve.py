@@ -11,7 +11,8 @@
     max_delay_ms + 2 x one full batch's compute;
 (f) with --overload, instead of (a)-(e): overload, 256 clients x 64 samples with 2 s deadlines for 10 s (about 20x what
     2 cores score), beside (d): the share of admitted requests (OK or DEADLINE_EXCEEDED) that missed their
-    deadline, goodput against (d), and every status code seen. Writes serving-overload.{md,json}.
+    deadline, goodput against (d), and every status code seen; refused clients wait for the server's pushback in
+    (f) and resend at once in (f'). Writes serving-overload.{md,json}.
 Clients run in separate processes (asyncio, grpc.aio) and check that every response carries
 its own request id and sample ids: lost, duplicated or swapped answers are counted.
 Load targets loopback only and stops by itself.
@@ -196,34 +197,41 @@ def main() -> None:
 
 
 def overload(args, samples) -> None:
-    """(d) and (f) in one run, one server: admission by deadline under 20x overload."""
+    """(d), (f) and (f') in one run, one server: admission by deadline under 20x overload."""
     with Server(args.bundle, batching=True, max_delay_ms=args.max_delay_ms) as s:
         d = load(s.target, samples, args.seconds, 64, 8)
         print(f"(d) 8 clients x 64 samples: {d}", flush=True)
-        f = load(s.target, samples, 10.0, 64, 256, timeout=2.0)
-        print(f"(f) 256 clients x 64 samples, 2 s deadlines: {f}", flush=True)
-    missed = f["codes"].get("DEADLINE_EXCEEDED", 0)
-    admitted = f["ok"] + missed
-    res = stamp({"d_8x64": d, "f_overload": f, "checks": {
-        "(f) admitted requests that missed their deadline <= 0.05": missed / max(admitted, 1),
-        "(f) goodput / (d) >= 0.7": f["samples_per_s"] / d["samples_per_s"],
-        "(f) codes other than OK, RESOURCE_EXHAUSTED, UNAVAILABLE, DEADLINE_EXCEEDED":
-            sum(n for c, n in f["codes"].items() if c not in ("OK", "RESOURCE_EXHAUSTED", "UNAVAILABLE",
-                                                              "DEADLINE_EXCEEDED")),
-        "lost + duplicated + swapped answers": d["bad"] + f["bad"]}})
+        f = load(s.target, samples, 10.0, 64, 256, timeout=2.0, pushback=True)
+        print(f"(f) 256 clients x 64 samples, 2 s deadlines, retry after the server's pushback: {f}", flush=True)
+        naive = load(s.target, samples, 10.0, 64, 256, timeout=2.0)
+        print(f"(f') the same, resending at once: {naive}", flush=True)
+    res = stamp({"d_8x64": d, "f_overload": f, "f_overload_resend_at_once": naive,
+                 "checks": {**overload_checks("(f)", f, d), **overload_checks("(f')", naive, d),
+                            "lost + duplicated + swapped answers": d["bad"] + f["bad"] + naive["bad"]}})
     lines = ["# Serving under overload", "",
              f"Measured by `.venv/bin/python scripts/bench_serve.py --bundle BUNDLE --overload --seconds {args.seconds:g}` "
              f"on {res['machine']}, {res['date']}; default server settings (max batch {args.max_batch}, max delay "
-             f"{args.max_delay_ms:g} ms, max queue wait 5000 ms). Clients in 4 processes on the same machine; a refused "
-             "client sends its next request at once.", "",
+             f"{args.max_delay_ms:g} ms, max queue wait 5000 ms). Clients in 4 processes on the same machine. In (f) a "
+             "refused client waits as long as the server's `grpc-retry-pushback-ms` says (as gRPC's retry policy, "
+             "and `detector.client`, do); in (f') it resends at once.", "",
              "| run | requests | OK | samples/s (goodput) | p99 ms (OK) | codes |", "|---|---|---|---|---|---|"]
-    for name, r in (("(d) 8 clients x 64", d), ("(f) 256 clients x 64, 2 s deadlines, 10 s", f)):
+    for name, r in (("(d) 8 clients x 64", d), ("(f) 256 clients x 64, 2 s deadlines, 10 s, pushback honoured", f),
+                    ("(f') the same, resending at once", naive)):
         lines.append(f"| {name} | {r['requests']} | {r['ok']} | {r['samples_per_s']:.0f} | {r['p99_ms']:.1f} | "
                      + ", ".join(f"{c} {n}" for c, n in sorted(r["codes"].items())) + " |")
     lines += ["", "| check | value |", "|---|---|"] + [f"| {k} | {v:.3f} |" for k, v in res["checks"].items()]
     for k, v in res["checks"].items():
         print(f"{k}: {v:.3f}")
     write_results(args.out, "serving-overload", res, lines)
+
+
+def overload_checks(name: str, f: dict, d: dict) -> dict:
+    missed = f["codes"].get("DEADLINE_EXCEEDED", 0)
+    return {f"{name} admitted requests that missed their deadline <= 0.05": missed / max(f["ok"] + missed, 1),
+            f"{name} goodput / (d) >= 0.7": f["samples_per_s"] / d["samples_per_s"],
+            f"{name} codes other than OK, RESOURCE_EXHAUSTED, UNAVAILABLE, DEADLINE_EXCEEDED":
+                sum(n for c, n in f["codes"].items()
+                    if c not in ("OK", "RESOURCE_EXHAUSTED", "UNAVAILABLE", "DEADLINE_EXCEEDED"))}
 
 
 if __name__ == "__main__":

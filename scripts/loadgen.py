@@ -18,7 +18,8 @@ import numpy as np
 START_UP_S = 1.5  # process spawn and imports, subtracted from the wall time
 
 
-async def _client_loop(target, samples, seconds, batch, concurrency, rate, seed, timeout, metadata, backoff_s, out):
+async def _client_loop(target, samples, seconds, batch, concurrency, rate, seed, timeout, metadata, backoff_s, pushback,
+                       out):
     import grpc
 
     from detector.serving.grpc.converters import array_to_tensor
@@ -37,24 +38,28 @@ async def _client_loop(target, samples, seconds, batch, concurrency, rate, seed,
         rid = f"{seed}-{i}"
         ids = [f"{rid}-{j}" for j in range(batch)]
         req = pb.ScoreRequest(request_id=rid, samples=array_to_tensor(samples[idx]), sample_ids=ids)
-        t0 = time.perf_counter()
+        t0, wait = time.perf_counter(), None
         try:
             resp = await stub.Score(req, timeout=timeout, metadata=metadata)
             code = "OK"
         except grpc.aio.AioRpcError as e:
             resp, code = None, e.code().name
+            wait = dict(e.trailing_metadata() or ()).get("grpc-retry-pushback-ms") if pushback else None
         latencies.append(time.perf_counter() - t0)
         codes.append(code)
         if resp is not None and (resp.request_id != rid or [r.sample_id for r in resp.results] != ids):
             bad += 1
-        return code
+        if code != "RESOURCE_EXHAUSTED":
+            return 0.0
+        return int(wait) / 1000 if wait is not None else backoff_s
 
     if rate is None:
         async def worker(w):
             i = 0
             while time.monotonic() < end:
-                if await one(f"{w}-{i}") == "RESOURCE_EXHAUSTED" and backoff_s:
-                    await asyncio.sleep(backoff_s)  # as a polite client would
+                pause = await one(f"{w}-{i}")  # refused: wait as the server asked (or backoff_s), as a polite client
+                if pause:
+                    await asyncio.sleep(min(pause, max(end - time.monotonic(), 0.0)))
                 i += 1
         await asyncio.gather(*(worker(w) for w in range(concurrency)))
     else:
@@ -82,15 +87,17 @@ def _percentiles(lat: np.ndarray) -> dict:
 
 
 def load(target: str, samples: np.ndarray, seconds: float, batch: int, clients: int = 0, procs: int = 4,
-         rate: float | None = None, timeout: float = 30.0, metadata: tuple = (), backoff_s: float = 0.0) -> dict:
+         rate: float | None = None, timeout: float = 30.0, metadata: tuple = (), backoff_s: float = 0.0,
+         pushback: bool = False) -> dict:
     """Run the load; returns OK samples/s, latency percentiles of OK requests, codes, lost/swapped.
-    Closed-loop clients pause ``backoff_s`` after a RESOURCE_EXHAUSTED."""
+    Closed-loop clients refused with RESOURCE_EXHAUSTED pause for the server's ``grpc-retry-pushback-ms`` when
+    ``pushback`` (as gRPC's own retry policy would), else for ``backoff_s`` (0: resend at once)."""
     ctx = mp.get_context("spawn")
     out = ctx.Queue()
     per = [clients // procs + (1 if i < clients % procs else 0) for i in range(procs)]
     ps = [ctx.Process(target=_client_proc, args=(target, samples, seconds, batch, c,
                                                  None if rate is None else rate / procs, i, timeout, metadata, backoff_s,
-                                                 out))
+                                                 pushback, out))
           for i, c in enumerate(per) if c or rate is not None]
     t0 = time.perf_counter()
     for p in ps:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import random
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -28,10 +29,11 @@ import numpy as np
 from detector.errors import DeadlineExpired, Overloaded
 
 
-# A request is admitted only if the queue ahead of it, and its own samples, are predicted to finish with this much
-# to spare before its deadline: the prediction is a mean, and the answer must still travel back. At 1.0, under a
-# 20x overload on 2 cores, half of the admitted requests missed their deadline (docs/benchmarks/serving-overload.md).
-DEADLINE_MARGIN = 1.5
+# A request is admitted only if the queue ahead of it, and its own samples, are predicted to finish with a margin
+# to spare before its deadline: the prediction is a mean of compute time, and the answer must still travel back
+# through a busy event loop. The margin is learned (AdmissionMargin), never below this floor. With a fixed 1.5, under
+# a 20x overload on 2 cores, a quarter of the admitted requests missed their deadline.
+MIN_DEADLINE_MARGIN = 1.2
 
 
 class BatchObserver(Protocol):
@@ -47,6 +49,8 @@ class _Pending:
     future: asyncio.Future
     enqueued: float = field(default_factory=time.monotonic)
     queued: bool = True  # still in the queue (not yet taken into a batch)
+    predicted: float = 0.0  # seconds from admission to answer, as admission predicted it
+    tried: bool = False  # admitted to an idle server without a prediction: scored unless its deadline has passed
 
 
 class ScoringSpeed:
@@ -100,6 +104,31 @@ class ScoringSpeed:
         return current + pace * (batches * per_batch + queued_samples * per_sample)
 
 
+class AdmissionMargin:
+    """How far real completion times run past their prediction: a high quantile of (time from admission to answer) /
+    (predicted time), over the latest ``window`` requests, never below ``floor``. Contention for the cores, a busy
+    event loop and batch-to-batch variance all show up here, whatever their cause, so admission by deadline keeps
+    its promise under conditions the compute model alone does not see."""
+
+    def __init__(self, quantile: float = 0.95, window: int = 64, floor: float = MIN_DEADLINE_MARGIN):
+        self.quantile = quantile
+        self.floor = floor
+        self._ratios: collections.deque[float] = collections.deque(maxlen=window)
+        self._value = floor
+        self._seen = 0
+
+    def observe(self, actual: float, predicted: float) -> None:
+        """One request answered (or given up) ``actual`` seconds after admission; ``predicted`` at admission."""
+        self._ratios.append(actual / max(predicted, 1e-3))
+        self._seen += 1
+        if self._seen % 8 == 0 or self._seen < 8:  # the quantile every 8 answers: cheap, and soon enough
+            self._value = max(self.floor, float(np.quantile(self._ratios, self.quantile)))
+
+    @property
+    def value(self) -> float:
+        return self._value
+
+
 class DynamicBatcher:
     def __init__(self, score_batch: Callable[[object, np.ndarray], object], split: Callable[[object, list[int]], list],
                  max_batch_samples: int = 256, max_delay_s: float = 0.002, max_queue_samples: int = 8192,
@@ -111,6 +140,7 @@ class DynamicBatcher:
         self.max_queue_samples = max_queue_samples
         self.max_queue_wait_s = max_queue_wait_s  # None: bounded by max_queue_samples only
         self.speed = ScoringSpeed(max_batch_samples)
+        self.margin = AdmissionMargin()
         self._busy: tuple[int, float] = (0, 0.0)  # samples in the forward pass now, and when it started
         self.enabled = enabled  # False: one request per forward pass (for benchmarks)
         self._observer = observer
@@ -132,33 +162,46 @@ class DynamicBatcher:
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="dynamic-batcher")
 
-    def _admit(self, n: int, deadline: float | None) -> None:
+    def _admit(self, n: int, deadline: float | None) -> float:
         """Refuse (Overloaded) what the queue cannot take: past max_queue_samples, past max_queue_wait_s of expected
         scoring, or past the call's own deadline. The last two only when there is a queue to wait behind: a
-        request to an idle server is always tried."""
+        request to an idle server is always tried. Returns the predicted seconds until the request is answered."""
         if self._closed:
             raise Overloaded("server is shutting down")
-        if self._queued_samples + n > self.max_queue_samples:
-            raise Overloaded(f"scoring queue full ({self._queued_samples} samples waiting); retry later")
         busy_samples, busy_since = self._busy
-        if not (self._queued_samples or busy_samples):
-            return
         now = time.monotonic()
         # Until this request's own samples are scored: the batch running now, the queue ahead, this request.
         done_in = self.speed.expected_wait(self._queued_samples + n, busy_samples, now - busy_since)
+        if self._queued_samples + n > self.max_queue_samples:
+            raise self._refusal(f"scoring queue full ({self._queued_samples} samples waiting)", done_in)
+        if not (self._queued_samples or busy_samples):
+            return done_in
         if self.max_queue_wait_s is not None and self._queued_samples and done_in > self.max_queue_wait_s:
-            raise Overloaded(f"server saturated: {self._queued_samples} samples queued, about {done_in * 1000:.0f} ms "
-                             f"of scoring (limit {self.max_queue_wait_s * 1000:.0f} ms); retry later")
-        if deadline is not None and now + DEADLINE_MARGIN * done_in + self.max_delay_s > deadline:
-            raise Overloaded(f"cannot finish before the call's deadline: about {done_in * 1000:.0f} ms of scoring "
-                             f"queued up to this request, {max(deadline - now, 0.0) * 1000:.0f} ms left; retry later "
-                             "or with a longer deadline")
+            raise self._refusal(f"server saturated: {self._queued_samples} samples queued, about "
+                                f"{done_in * 1000:.0f} ms of scoring (limit {self.max_queue_wait_s * 1000:.0f} ms)",
+                                done_in)
+        expected = self.margin.value * done_in + self.max_delay_s
+        if deadline is not None and now + expected > deadline:
+            raise self._refusal(f"cannot finish before the call's deadline: about {expected * 1000:.0f} ms until an "
+                                f"answer, {max(deadline - now, 0.0) * 1000:.0f} ms left", done_in,
+                                " or with a longer deadline")
+        return done_in
+
+    def _refusal(self, reason: str, done_in: float, alternative: str = "") -> Overloaded:
+        """Overloaded, with when to come back: a random point in the second half of the time the queue now needs at
+        the measured speed (the pushback a gRPC client's retry policy honours). Refused callers spread their retries over it instead of
+        returning together, and the queue stays fed as it drains; a client that resends at once instead only keeps
+        the server busy refusing it."""
+        retry_after = done_in * random.uniform(0.5, 1.0)
+        return Overloaded(f"{reason}; retry in about {retry_after * 1000:.0f} ms{alternative}", retry_after)
 
     async def submit(self, samples: np.ndarray, deadline: float | None = None, model: object = None):
         """Score ``samples`` (N, ...) with ``model`` in some batch; returns this request's part of the result."""
         n = len(samples)
-        self._admit(n, deadline)
-        item = _Pending(samples, model, deadline, asyncio.get_running_loop().create_future())
+        idle = not (self._queued_samples or self._busy[0])
+        predicted = self._admit(n, deadline)
+        item = _Pending(samples, model, deadline, asyncio.get_running_loop().create_future(), predicted=predicted,
+                        tried=idle)
         self._queue.append(item)
         self._queued_samples += n
         self._idle.clear()
@@ -173,6 +216,17 @@ class DynamicBatcher:
                 if item.queued:  # its samples no longer count against admission
                     self._queued_samples -= n
             raise
+        finally:
+            self._observe(item)
+
+    def _observe(self, item: _Pending) -> None:
+        """Learn from each answered (or abandoned) request how far reality ran past admission's prediction."""
+        if item.predicted > 0:
+            actual = time.monotonic() - item.enqueued
+            if item.deadline is not None and item.future.done() and not item.future.cancelled() \
+                    and isinstance(item.future.exception(), DeadlineExpired):
+                actual = max(actual, item.deadline - item.enqueued)  # not scored: it would have taken at least this
+            self.margin.observe(actual, item.predicted)
 
     def _take_batch(self) -> list[_Pending]:
         batch, size = [], 0
@@ -192,13 +246,17 @@ class DynamicBatcher:
         return batch
 
     def _drop_expired(self, batch: list[_Pending]) -> list[_Pending]:
+        """The batch without requests whose deadline passes before it would finish (answered DEADLINE_EXCEEDED at
+        once, so the cores go to requests that can still make it)."""
         now = time.monotonic()
+        finish = now + self.speed.expected_wait(sum(len(item.samples) for item in batch))
         live = []
         for item in batch:
             if item.future.done():
                 continue
-            if item.deadline is not None and now >= item.deadline:
-                item.future.set_exception(DeadlineExpired("deadline passed while queued; not scored"))
+            if item.deadline is not None and (now if item.tried else finish) >= item.deadline:
+                item.future.set_exception(DeadlineExpired("deadline passes before this request's batch would finish; "
+                                                          "not scored"))
             else:
                 live.append(item)
         return live

@@ -40,11 +40,21 @@ class ScoringService:
         metrics.bind_live(self.live)
 
     async def start(self) -> None:
-        """Start batching and warm up with one full batch, so the first request pays no start-up cost."""
+        """Start batching and warm up, so the first request pays no start-up cost and admission by deadline knows
+        the scoring speed from the first request on."""
         self.batcher.start()
-        await asyncio.get_running_loop().run_in_executor(None, smoke_test, self.scorer,
-                                                         min(self.cfg.max_batch_samples, 64))
+        await asyncio.get_running_loop().run_in_executor(None, self._warm_up)
         self.ready = True
+
+    def _warm_up(self) -> None:
+        """A first pass pays the start-up costs; timed passes at two batch sizes seed the batcher's speed model
+        (without them, a burst arriving at start-up is admitted whole, however late it would finish)."""
+        full = self.cfg.max_batch_samples
+        smoke_test(self.scorer, min(full, 64))
+        for n in (full, max(1, full // 4)):
+            started = time.perf_counter()
+            smoke_test(self.scorer, n)
+            self.batcher.speed.update(n, time.perf_counter() - started)
 
     async def reload(self, path: str | Path) -> str:
         """Load the bundle at ``path``, check it, and serve it from the next batch on.

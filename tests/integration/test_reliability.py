@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from detector.client import DetectorClient
 from detector.data import load_spec
 from detector.data.synthetic import bars
 from detector.errors import BundleError
@@ -166,6 +167,31 @@ def test_saturated_queue_refuses_by_expected_wait(scorer):
         assert any("saturated" in d for d in details)
         # 12 requests x 0.2 s unbounded would take 2.4 s; admitted ones fit the wait budget.
         assert time.monotonic() - started < 2.0
+
+
+def test_a_refusal_says_when_to_come_back_and_the_client_waits_that_long(scorer):
+    def slow(model, batch):
+        time.sleep(0.2)
+        return score_batch(model, batch)
+
+    with ServerThread(scorer, max_batch_samples=4, max_delay_ms=0, max_queue_wait_ms=300) as s:
+        s.running.service.batcher._score_batch = slow
+        stub(s.target).Score(request(4), timeout=10)  # teaches the batcher its speed
+        busy = [stub(s.target).Score.future(request(4), timeout=20) for _ in range(4)]  # 0.8 s of work
+        time.sleep(0.05)
+        with pytest.raises(grpc.RpcError) as err:
+            stub(s.target).Score(request(4), timeout=20)
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        pushback = dict(err.value.trailing_metadata())["grpc-retry-pushback-ms"]
+        assert 1 <= int(pushback) <= 3000 and "retry in about" in err.value.details()
+
+        refused = s.metric("detector_requests_total", method="Score", code="RESOURCE_EXHAUSTED")
+        busy += [stub(s.target).Score.future(request(4), timeout=20) for _ in range(3)]
+        time.sleep(0.05)
+        with DetectorClient(s.target, timeout=20) as client:  # refused at first, then retried after the pushback
+            assert len(client.score(bars(4, size=16, seed=1))) == 4
+        assert s.metric("detector_requests_total", method="Score", code="RESOURCE_EXHAUSTED") > refused
+        assert all(len(f.result().results) == 4 for f in busy if f.exception() is None)
 
 
 def test_reload_swaps_model_and_results_follow(scorer, other_bundle):

@@ -20,6 +20,7 @@ from detector.v1 import detector_pb2 as pb
 from detector.v1 import detector_pb2_grpc as pb_grpc
 
 log = logging.getLogger("detector.serve")
+PUSHBACK_KEY = "grpc-retry-pushback-ms"
 
 STATUS_OF = {
     InvalidInput: grpc.StatusCode.INVALID_ARGUMENT,
@@ -58,7 +59,14 @@ async def _outcome(metrics, method: str, context):
         if not isinstance(exc, DetectorError):
             log.error("%s failed", method, exc_info=exc)
         message = str(exc) if isinstance(exc, DetectorError) else "internal error; see server log"
-        await context.abort(code, message)
+        await context.abort(code, message, trailing_metadata=pushback(exc))
+
+
+def pushback(exc: BaseException) -> tuple:
+    """gRPC's standard retry pushback (trailing metadata ``grpc-retry-pushback-ms``, gRFC A6) for a refusal that
+    says when to come back: clients whose retry policy lists the code wait that long before the next attempt."""
+    retry_after = getattr(exc, "retry_after_s", None)
+    return () if retry_after is None else ((PUSHBACK_KEY, str(max(1, round(retry_after * 1000)))),)
 
 
 def _observed(method: str, streaming: bool = False):

@@ -8,8 +8,13 @@ import time
 import numpy as np
 import pytest
 
-from detector.errors import Overloaded
-from detector.serving.batcher import DynamicBatcher, ScoringSpeed
+from detector.errors import DeadlineExpired, Overloaded
+from detector.serving.batcher import (
+    MIN_DEADLINE_MARGIN,
+    AdmissionMargin,
+    DynamicBatcher,
+    ScoringSpeed,
+)
 
 
 def test_speed_model_separates_fixed_and_per_sample_cost():
@@ -107,6 +112,72 @@ def test_a_request_the_queue_cannot_finish_before_its_deadline_is_refused_at_arr
     assert 3 <= len(served) <= 7, len(served)  # ~0.3 s of 0.05 s batches admitted, the rest refused at once
     assert all("cannot finish before the call's deadline" in str(r) and "ms left" in str(r) for r in refused)
     assert isinstance(idle, np.ndarray)
+    # Each refusal says when to come back: within the time the queue needed when it was refused (at most ~0.3 s of
+    # batches behind it, times the margin), spread so the refused do not return together.
+    waits = [r.retry_after_s for r in refused]
+    assert all(0 < w < 0.6 for w in waits), waits
+    assert len({round(w, 4) for w in waits}) > len(waits) // 2
+    assert all(f"retry in about {w * 1000:.0f} ms" in str(r) for w, r in zip(waits, refused))
+
+
+def test_the_admission_margin_is_a_high_quantile_of_how_late_answers_ran():
+    margin = AdmissionMargin(quantile=0.9, window=100)
+    assert margin.value == MIN_DEADLINE_MARGIN  # nothing seen: the floor
+    for _ in range(100):
+        margin.observe(0.5, 1.0)  # answers came in half the predicted time: the floor still holds
+    assert margin.value == MIN_DEADLINE_MARGIN
+    for i in range(100):  # now a tenth ran 2x late and a tenth 3x: the window forgets the old ones
+        margin.observe((2.0, 3.0)[i % 10] if i % 10 < 2 else 0.9, 1.0)
+    assert margin.value == pytest.approx(np.quantile([2.0] * 10 + [3.0] * 10 + [0.9] * 80, 0.9), rel=1e-6)
+    assert 2.0 < margin.value < 3.0
+    margin.observe(1.0, 0.0)  # a prediction of 0 (nothing measured yet) does not divide by zero
+    assert np.isfinite(margin.value)
+
+
+def test_admission_learns_its_margin_from_answers_that_ran_late():
+    """A model that runs 3x slower than the warm-up measured: after a few answers the margin covers it, and what the
+    queue cannot finish in time is refused instead of admitted to expire."""
+    async def main():
+        b = DynamicBatcher(sleeping_model(0.06), split_rows, max_batch_samples=4, max_delay_s=0.0,
+                           max_queue_samples=10_000)
+        b.speed.update(4, 0.02)  # the warm-up's (wrong) measurement
+        b.start()
+        for _ in range(3):
+            await asyncio.gather(*(b.submit(np.zeros((4, 1))) for _ in range(3)))
+        learned = b.margin.value
+        deadline = time.monotonic() + 0.4
+        results = await asyncio.gather(*(b.submit(np.zeros((4, 1)), deadline=deadline) for _ in range(12)),
+                                       return_exceptions=True)
+        await b.drain()
+        return learned, results
+
+    learned, results = run(main())
+    assert learned > MIN_DEADLINE_MARGIN
+    assert not any(isinstance(r, DeadlineExpired) for r in results)
+    assert 2 <= sum(isinstance(r, np.ndarray) for r in results) <= 7
+
+
+def test_a_batch_drops_requests_it_cannot_finish_before_their_deadline():
+    seen = []
+
+    async def main():
+        b = DynamicBatcher(sleeping_model(0.1, seen), split_rows, max_batch_samples=4, max_delay_s=0.0)
+        b.margin = AdmissionMargin(floor=0.1)  # lets the late one in, as a prediction that ran late would have
+        for _ in range(5):
+            b.speed.update(4, 0.1)
+        b.start()
+        running = asyncio.ensure_future(b.submit(np.zeros((4, 1))))
+        await asyncio.sleep(0.01)
+        # Admitted behind the running batch (predicted 0.2 s); by the time its batch starts, 0.05 s remain of 0.1 s.
+        late = b.submit(np.zeros((4, 1)), deadline=time.monotonic() + 0.15)
+        results = await asyncio.gather(running, late, return_exceptions=True)
+        await b.drain()
+        return results
+
+    results = run(main())
+    assert isinstance(results[0], np.ndarray)
+    assert isinstance(results[1], DeadlineExpired) and "not scored" in str(results[1])
+    assert seen == [4]  # the cores never spent on the request that could not make it
 
 
 def test_the_wait_is_predicted_at_the_latest_batch_pace_when_scoring_slows_down():
