@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import types
 
 import numpy as np
 import pytest
@@ -132,6 +133,23 @@ def test_the_admission_margin_is_a_high_quantile_of_how_late_answers_ran():
     assert 2.0 < margin.value < 3.0
     margin.observe(1.0, 0.0)  # a prediction of 0 (nothing measured yet) does not divide by zero
     assert np.isfinite(margin.value)
+
+
+def test_answers_to_tiny_predictions_are_judged_against_one_full_batch():
+    """A 1-sample request predicted at 5 ms that answered in 60 ms (the event loop's lag) must not teach admission
+    that a 2 s queue will take 24 s."""
+    async def main():
+        b = DynamicBatcher(sleeping_model(0.0), split_rows, max_batch_samples=64, max_delay_s=0.0)
+        for n in (64, 16):
+            b.speed.update(n, 0.002 + 0.001 * n)  # a full batch: 66 ms
+        item = types.SimpleNamespace(predicted=0.005, enqueued=time.monotonic() - 0.06, deadline=None,
+                                     future=asyncio.get_running_loop().create_future())
+        item.future.set_result(None)
+        for _ in range(64):
+            b._observe(item)
+        return b.margin.value
+
+    assert run(main()) == pytest.approx(MIN_DEADLINE_MARGIN)  # 60 ms against 66 ms: within the floor
 
 
 def test_admission_learns_its_margin_from_answers_that_ran_late():
