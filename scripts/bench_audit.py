@@ -21,15 +21,13 @@ from pathlib import Path
 
 import numpy as np
 
+from detector.audit.runner import run_audit
+from detector.bench.results import stamp, write_results
+from detector.data import load_spec
+from detector.data.synthetic import bars
+from detector.scoring.scorer import Scorer
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "scripts"))
-
-from benchlib import stamp, write_results  # noqa: E402
-
-from detector.audit.runner import run_audit  # noqa: E402
-from detector.data import load_spec  # noqa: E402
-from detector.data.synthetic import bars  # noqa: E402
-from detector.scoring.scorer import Scorer  # noqa: E402
 
 RSS_PROBE = ("import resource, subprocess, sys; rc = subprocess.run(sys.argv[1:]).returncode; "
              "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(rc)")

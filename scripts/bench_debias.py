@@ -26,15 +26,12 @@ from pathlib import Path
 
 import numpy as np
 
+from detector.bench.results import stamp, write_results
+from detector.data import load_spec
+from detector.data.builtin import FASHION_MNIST_CLASSES
+from detector.scoring.scorer import Scorer
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "scripts"))
-
-from benchlib import stamp, write_results  # noqa: E402
-
-from detector.data import load_spec  # noqa: E402
-from detector.data.builtin import FASHION_MNIST_CLASSES  # noqa: E402
-from detector.scoring.scorer import Scorer  # noqa: E402
-
 
 def biased_indices(y: np.ndarray, minority: int, share: float, seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)

@@ -25,19 +25,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from bench_serve import Server
+
+from detector.bench.loadgen import load
+from detector.bench.results import stamp, write_results
+from detector.config import Settings
+from detector.data.ood_suite import coloured_objects
+from detector.data.sampleset import SampleSet
+from detector.scoring.scorer import Scorer
+from detector.training.pipeline import train_bundle
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "scripts"))
-
-from benchlib import stamp, write_results  # noqa: E402
-from bench_serve import Server  # noqa: E402
-from loadgen import load  # noqa: E402
-
-from detector.config import Settings  # noqa: E402
-from detector.data.ood_suite import coloured_objects  # noqa: E402
-from detector.data.sampleset import SampleSet  # noqa: E402
-from detector.scoring.scorer import Scorer  # noqa: E402
-from detector.training.pipeline import train_bundle  # noqa: E402
 
 SHAPES = ((1, 28, 28), (3, 64, 64))
 BATCHES = (256, 1024, 4096)

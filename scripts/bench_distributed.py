@@ -18,11 +18,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from detector.bench.results import stamp, write_results
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "scripts"))
-
-from benchlib import stamp, write_results  # noqa: E402
-
 
 def run(cmd: list[str], threads: int, out: Path) -> dict:
     t0 = time.perf_counter()

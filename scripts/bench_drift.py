@@ -16,19 +16,16 @@ scrape every few seconds at modest traffic), to the server's own DriftWindow:
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 import torchvision.transforms.functional as TF
 
+from detector.bench.results import stamp, write_results
 from detector.data import load_spec, ood_suite
 from detector.scoring.drift import DriftWindow
 from detector.scoring.scorer import PRIMARY, Scorer
-
-sys.path.insert(0, str(Path(__file__).parent))
-from benchlib import stamp, write_results  # noqa: E402
 
 ALERT_P = 0.0005  # per test, as in deploy/prometheus/detector-rules.yml
 STEP = 50

@@ -18,7 +18,6 @@ measured unstandardised and any image bundle will do, one calibrated before maps
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -26,13 +25,11 @@ import torch
 from scipy import ndimage
 from sklearn.metrics import roc_auc_score
 
+from detector.bench.results import stamp, write_results
 from detector.data import load_spec
 from detector.data.defects import KINDS, SIZES, add_defects
 from detector.scoring.maps import map_terms, smooth
 from detector.scoring.scorer import PRIMARY, Scorer
-
-sys.path.insert(0, str(Path(__file__).parent))
-from benchlib import stamp, write_results  # noqa: E402
 
 PRO_MAX_FPR = 0.3
 

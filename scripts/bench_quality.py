@@ -34,10 +34,11 @@ from pathlib import Path
 
 import numpy as np
 
+from detector.bench.results import stamp
 from detector.config import DebiasConfig, ModelConfig, Settings
 from detector.data import load_spec, ood_suite
-from detector.data.builtin import FASHION_MNIST_CLASSES
 from detector.data.batches import load_tensor
+from detector.data.builtin import FASHION_MNIST_CLASSES
 from detector.model.bundle import load_bundle, save_bundle
 from detector.model.device import resolve_device
 from detector.model.vae import VAE
@@ -45,11 +46,14 @@ from detector.scoring.metrics import auroc
 from detector.scoring.novelty import NoveltyFusion
 from detector.scoring.scorer import Scorer
 from detector.scoring.scores import DIAGNOSTICS
-from detector.training.pipeline import calibrate_bundle, fit_latent_density, split, train_bundle
+from detector.training.pipeline import (
+    calibrate_bundle,
+    fit_latent_density,
+    split,
+    train_bundle,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "scripts"))
-from benchlib import stamp  # noqa: E402
 
 SHOWN = ("novelty", "neg_elbo", "iw_nll", "recon_error", "latent_distance", "latent_knn", "transform_nll",
          "complexity_corrected")

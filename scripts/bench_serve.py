@@ -32,12 +32,10 @@ from pathlib import Path
 
 import numpy as np
 
+from detector.bench.loadgen import bench_samples, load
+from detector.bench.results import stamp, write_results
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "scripts"))
-
-from benchlib import stamp, write_results  # noqa: E402
-from loadgen import bench_samples, load  # noqa: E402
-
 
 # ---------------------------------------------------------------- server side
 def run_server(bundle: str, port_file: str, noop: bool, batching: bool, max_batch: int, max_delay_ms: float,

@@ -27,16 +27,14 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+from detector.bench.results import stamp
+from detector.config import ModelConfig, TrainConfig
+from detector.data import load_spec
+from detector.model.vae import VAE, resolve_model_config
+from detector.scoring.scorer import Scorer
+from detector.training.trainer import kl_weight, loss_per_sample
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "scripts"))
-
-from benchlib import stamp  # noqa: E402
-
-from detector.config import ModelConfig, TrainConfig  # noqa: E402
-from detector.data import load_spec  # noqa: E402
-from detector.model.vae import VAE, resolve_model_config  # noqa: E402
-from detector.scoring.scorer import Scorer  # noqa: E402
-from detector.training.trainer import kl_weight, loss_per_sample  # noqa: E402
 
 SPEC = "fashion-mnist:train"
 

@@ -156,8 +156,7 @@ say "podman healthcheck run: healthy"
 cat > "$WORK/load.py" <<'EOF'
 import json, sys
 import numpy as np
-sys.path.insert(0, "scripts")
-from loadgen import load
+from detector.bench.loadgen import load
 if __name__ == "__main__":  # loadgen's client processes are spawned: they import this file again
     x = np.load(sys.argv[2])["x"][:, None]
     json.dump(load(sys.argv[1], x, seconds=12, batch=8, clients=16, procs=2, timeout=30), open(sys.argv[3], "w"))

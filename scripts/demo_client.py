@@ -6,7 +6,7 @@
 
 from __future__ import annotations
 
-import sys
+import argparse
 import urllib.request
 
 import numpy as np
@@ -16,7 +16,11 @@ from detector.data import load_spec, ood_suite
 
 
 def main() -> None:
-    target, metrics_url = sys.argv[1], sys.argv[2]
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("target", help="the server's gRPC address, HOST:PORT")
+    parser.add_argument("metrics_url", help="its Prometheus endpoint, e.g. http://127.0.0.1:9090/metrics")
+    args = parser.parse_args()
+    target, metrics_url = args.target, args.metrics_url
     garments = load_spec("fashion-mnist:test").read(0, 6)
     sets = {"fashion-mnist:test": garments, "handwriting": ood_suite.handwriting(6), "photo patches": ood_suite.photos(6),
             "blank": ood_suite.blank(6)}

@@ -34,14 +34,11 @@ from pathlib import Path
 
 import numpy as np
 
+from detector.bench.loadgen import bench_samples, load
+from detector.bench.results import stamp
+from detector.serving.process import ServeProcess
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "scripts"))
-
-from benchlib import stamp  # noqa: E402
-from loadgen import bench_samples, load  # noqa: E402
-
-from detector.serving.process import ServeProcess  # noqa: E402
-
 
 # ---------------------------------------------------------------- fuzz
 def fuzz(args) -> dict:
