@@ -49,7 +49,13 @@ def build_parser() -> argparse.ArgumentParser:
                                      "score, evaluate, serve, audit.")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (_train_command, _calibrate_command, _score_command, _evaluate_command, _serve_command,
+                _audit_command, _health_command):
+        add(sub)  # one function per command: its flags and their help
+    return parser
 
+
+def _train_command(sub) -> None:
     p = sub.add_parser("train", help="fit a VAE, calibrate thresholds, write a bundle")
     p.add_argument("--data", required=True, metavar="SPEC", help="fashion-mnist:train[:classes=0,3], .npz, .npy, "
                    "IDX, image folder or CSV")
@@ -62,12 +68,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in BUNDLE.ckpt/")
     _add_device(p)
 
+
+def _calibrate_command(sub) -> None:
     p = sub.add_parser("calibrate", help="recompute thresholds and p-values of a bundle, in place")
     p.add_argument("--model", required=True, type=Path, metavar="BUNDLE")
     p.add_argument("--data", required=True, metavar="SPEC", help="held-out normal data")
     p.add_argument("--fpr", type=_fpr, default=0.01, help="target false-positive rate (default 0.01)")
     _add_device(p)
 
+
+def _score_command(sub) -> None:
     p = sub.add_parser("score", help="per-sample scores to a CSV or Parquet file")
     p.add_argument("--model", type=Path, metavar="BUNDLE", help="bundle to score with in this process")
     p.add_argument("--server", metavar="HOST:PORT", help="score through a running gRPC server instead")
@@ -81,6 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_client_security(p, "with --server: ")
     _add_device(p)
 
+
+def _evaluate_command(sub) -> None:
     p = sub.add_parser("evaluate", help="AUROC / AUPRC / FPR@95TPR / calibrated FPR per score")
     p.add_argument("--model", required=True, type=Path, metavar="BUNDLE")
     p.add_argument("--normal", required=True, metavar="SPEC")
@@ -90,6 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_diagnostics(p)
     _add_device(p)
 
+
+def _serve_command(sub) -> None:
     p = sub.add_parser("serve", help="gRPC scoring server with dynamic batching and Prometheus metrics; "
                                      "SIGHUP reloads the bundle from --model")
     p.add_argument("--model", required=True, type=Path, metavar="BUNDLE")
@@ -130,6 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="network precision on CUDA (autocast); the CPU always scores in fp32")
     _add_device(p)
 
+
+def _audit_command(sub) -> None:
     p = sub.add_parser("audit", help="score a whole dataset: per-sample table, weights, summary, HTML report")
     p.add_argument("--model", required=True, type=Path, metavar="BUNDLE")
     p.add_argument("--data", required=True, metavar="SPEC")
@@ -140,12 +156,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_diagnostics(p)
     _add_device(p)
 
+
+def _health_command(sub) -> None:
     p = sub.add_parser("health", help="exit 0 if a server reports SERVING on grpc.health.v1 (container probes)")
     p.add_argument("--target", default="127.0.0.1:50051", metavar="HOST:PORT")
     p.add_argument("--service", default="detector.v1.Detector")
     p.add_argument("--timeout", type=float, default=3.0)
     _add_client_security(p, "")
-    return parser
 
 
 def _add_client_security(p: argparse.ArgumentParser, prefix: str) -> None:

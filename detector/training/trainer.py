@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -65,6 +66,68 @@ def validation_loss(model: VAE, data: torch.Tensor, batch_size: int, device: tor
     return total / max(count, 1)
 
 
+@dataclass
+class _Progress:
+    """What training carries from epoch to epoch, and what a checkpoint saves and a resume restores."""
+    model: VAE
+    optimizer: torch.optim.Optimizer
+    generator: torch.Generator
+    history: History
+    best_state: dict = field(default_factory=dict)
+    best_loss: float = math.inf
+    stale: int = 0  # epochs since the best validation loss
+    next_epoch: int = 0
+
+    def keep_if_best(self, epoch: int, val: float, warmup_epochs: int) -> None:
+        """Warm-up epochs optimise a different objective; only full-beta epochs can be "best"."""
+        if epoch + 1 < warmup_epochs:
+            return
+        if val < self.best_loss:
+            self.best_loss, self.stale, self.history.best_epoch = val, 0, epoch
+            self.best_state = _copy_state(self.model)
+        else:
+            self.stale += 1
+
+    def save(self, ckpt_dir: Path, meta: dict, epoch: int) -> None:
+        h = self.history
+        save_checkpoint(ckpt_dir, {
+            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "generator": self.generator.get_state(), "torch_rng": torch.get_rng_state(), "best": self.best_state,
+            "best_loss": torch.tensor(self.best_loss), "stale": torch.tensor(self.stale), "epoch": torch.tensor(epoch),
+            "best_epoch": torch.tensor(h.best_epoch), "train_loss": torch.tensor(h.train_loss),
+            "val_loss": torch.tensor(h.val_loss),
+        }, meta)
+
+    def restore(self, ckpt_dir: Path, meta: dict) -> None:
+        """Continue from the checkpoint in ``ckpt_dir`` if it matches ``meta`` (every rank reads rank 0's)."""
+        state = load_checkpoint(ckpt_dir, meta)
+        if state is None:
+            return
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        self.best_state = state["best"]
+        self.best_loss, self.stale = float(state["best_loss"]), int(state["stale"])
+        self.next_epoch = int(state["epoch"]) + 1
+        self.history.train_loss = state["train_loss"].tolist()
+        self.history.val_loss = state["val_loss"].tolist()
+        self.history.best_epoch = int(state["best_epoch"])
+
+    def finish(self) -> VAE:
+        """The best model, restored; training that ended inside the KL warm-up keeps its last epoch."""
+        if self.history.best_epoch < 0 and self.history.val_loss:
+            self.history.best_epoch = len(self.history.val_loss) - 1
+            self.best_state = _copy_state(self.model)
+        self.model.load_state_dict(self.best_state)
+        self.model.eval()
+        return self.model
+
+
+def _copy_state(model: torch.nn.Module) -> dict:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
 def train_vae(
     model_cfg: ModelConfig,
     cfg: TrainConfig,
@@ -83,8 +146,6 @@ def train_vae(
     ``sample_weights`` (DB-VAE) is called at the start of each epoch and its weights draw
     that epoch's batches. ``setup`` runs once on a fresh model (e.g. to set normalisation).
     """
-    import time
-
     dist = DistContext.from_env(device)
     device = dist.device(device)
     epochs = resolve_epochs(cfg, train_data.shape[0])  # from the global set: every rank runs the same epochs
@@ -93,85 +154,64 @@ def train_vae(
     model = VAE(model_cfg).to(device)
     if setup is not None:
         setup(model)
-    net = dist.wrap(model)  # forward() through DDP when distributed; parameters are the model's
     # Fused Adam: one kernel per step instead of a loop over parameters; the optimiser's share of a CPU step
     # fell from 3.1% to 1.3%.
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, fused=True)
-    generator = torch.Generator().manual_seed(cfg.seed)
-    history = History(max_epochs=epochs)
-    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    best_loss, stale, start_epoch = math.inf, 0, 0
+    state = _Progress(model, torch.optim.Adam(model.parameters(), lr=cfg.lr, fused=True),
+                      torch.Generator().manual_seed(cfg.seed), History(max_epochs=epochs), _copy_state(model))
     meta = {"model": dataclasses.asdict(model_cfg), "train": {k: v for k, v in dataclasses.asdict(cfg).items()
                                                               if k not in ("epochs", "device", "num_threads")},
             "data": fingerprint}
-    if ckpt_dir is not None and resume:  # every rank resumes from rank 0's checkpoint
-        state = load_checkpoint(ckpt_dir, meta)
-        if state is not None:
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            generator.set_state(state["generator"])
-            best_state = state["best"]
-            torch.set_rng_state(state["torch_rng"])
-            best_loss, stale, start_epoch = float(state["best_loss"]), int(state["stale"]), int(state["epoch"]) + 1
-            history.train_loss = state["train_loss"].tolist()
-            history.val_loss = state["val_loss"].tolist()
-            history.best_epoch = int(state["best_epoch"])
-    use_amp = cfg.amp and device.type == "cuda"
+    if ckpt_dir is not None and resume:
+        state.restore(ckpt_dir, meta)
+    net = dist.wrap(model)  # forward() through DDP when distributed; parameters are the model's
+    model.train()
+    for epoch in range(state.next_epoch, epochs):
+        if state.stale >= cfg.patience:
+            break
+        weights = sample_weights(model, dist) if sample_weights is not None else None
+        if weights is not None and dist.enabled:
+            weights = dist.shard(weights)
+        _train_epoch(net, state, cfg, train_data, weights, device, dist, f"epoch {epoch + 1}/{epochs}",
+                     progress and dist.is_main, epoch)
+        val = validation_loss(model, val_data, 1024, device)
+        state.history.val_loss.append(val)
+        state.keep_if_best(epoch, val, cfg.warmup_epochs)
+        if progress and dist.is_main:
+            tqdm.write(f"epoch {epoch + 1}: train loss {state.history.train_loss[-1]:.2f}  val neg-ELBO {val:.2f}"
+                       f"{'  (best)' if state.history.best_epoch == epoch else ''}")
+        if ckpt_dir is not None and dist.is_main:
+            state.save(ckpt_dir, meta, epoch)
+    model = state.finish()
+    state.history.samples_seen *= dist.world  # every rank saw as many samples as this one
+    state.history.rank = dist.rank
+    dist.close()
+    return model, state.history
+
+
+def _train_epoch(net: torch.nn.Module, state: _Progress, cfg: TrainConfig, train_data: torch.Tensor,
+                 weights: torch.Tensor | None, device: torch.device, dist: DistContext, label: str, progress: bool,
+                 epoch: int) -> None:
+    """One pass over this rank's share of the data; appends the last batch's loss to the history."""
     # batch_size is the global batch: each of N ranks takes batch_size / N, so a torchrun job takes the
     # same optimiser steps per epoch as one process with the same settings.
     batch_size = max(1, cfg.batch_size // dist.world)
     steps = max(1, train_data.shape[0] // batch_size)
-    model.train()
-    for epoch in range(start_epoch, epochs):
-        if stale >= cfg.patience:
-            break
-        t0 = time.perf_counter()
-        weights = sample_weights(model, dist) if sample_weights is not None else None
-        bar = progress_bar(steps, f"epoch {epoch + 1}/{epochs}", "batch", enabled=progress and dist.is_main)
-        running = 0.0
-        if weights is not None and dist.enabled:
-            weights = dist.shard(weights)
-        for step, x in enumerate(shuffled_batches(train_data, batch_size, generator, device, weights)):
-            eps = torch.randn(x.shape[0], model.latent_dim, generator=generator).to(device, non_blocking=True)
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
-                loss, _ = loss_per_sample(net, x, eps, kl_weight(cfg, epoch, step, steps))
-                loss = loss.mean()
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            running += float(loss.detach()) if step % 10 == 0 or step == steps - 1 else 0.0
-            history.samples_seen += x.shape[0]
-            if step % 10 == 0:
-                bar.set_postfix(loss=f"{float(loss.detach()):.1f}")
-            bar.update(1)
-        bar.close()
-        history.seconds += time.perf_counter() - t0
-        val = validation_loss(model, val_data, 1024, device)
-        history.val_loss.append(val)
-        history.train_loss.append(float(loss.detach()))
-        # Warm-up epochs optimise a different objective; only full-beta epochs can be "best".
-        if epoch + 1 >= cfg.warmup_epochs and val < best_loss:
-            best_loss, stale, history.best_epoch = val, 0, epoch
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        elif epoch + 1 >= cfg.warmup_epochs:
-            stale += 1
-        if progress and dist.is_main:
-            tqdm.write(f"epoch {epoch + 1}: train loss {history.train_loss[-1]:.2f}  val neg-ELBO {val:.2f}"
-                       f"{'  (best)' if history.best_epoch == epoch else ''}")
-        if ckpt_dir is not None and dist.is_main:
-            save_checkpoint(ckpt_dir, {
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(), "generator": generator.get_state(),
-                "torch_rng": torch.get_rng_state(), "best": best_state, "best_loss": torch.tensor(best_loss),
-                "stale": torch.tensor(stale), "epoch": torch.tensor(epoch), "best_epoch": torch.tensor(history.best_epoch),
-                "train_loss": torch.tensor(history.train_loss), "val_loss": torch.tensor(history.val_loss),
-            }, meta)
-    if history.best_epoch < 0 and history.val_loss:
-        # Training ended inside the KL warm-up: no epoch qualified as best, so keep the last one.
-        history.best_epoch = len(history.val_loss) - 1
-        best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    model.load_state_dict(best_state)
-    model.eval()
-    history.samples_seen *= dist.world  # every rank saw as many samples as this one
-    history.rank = dist.rank
-    dist.close()
-    return model, history
+    use_amp = cfg.amp and device.type == "cuda"
+    model, optimizer, history = state.model, state.optimizer, state.history
+    started = time.perf_counter()
+    bar = progress_bar(steps, label, "batch", enabled=progress)
+    for step, x in enumerate(shuffled_batches(train_data, batch_size, state.generator, device, weights)):
+        eps = torch.randn(x.shape[0], model.latent_dim, generator=state.generator).to(device, non_blocking=True)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
+            loss, _ = loss_per_sample(net, x, eps, kl_weight(cfg, epoch, step, steps))
+            loss = loss.mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        history.samples_seen += x.shape[0]
+        if step % 10 == 0:
+            bar.set_postfix(loss=f"{float(loss.detach()):.1f}")
+        bar.update(1)
+    bar.close()
+    history.seconds += time.perf_counter() - started
+    history.train_loss.append(float(loss.detach()))
