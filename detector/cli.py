@@ -248,7 +248,6 @@ def _serve(args: argparse.Namespace) -> int:
                       batching=not args.no_batching, grace_s=args.grace_s, drift_window_samples=args.drift_window,
                       tls_cert=args.tls_cert, tls_key=args.tls_key, tls_client_ca=args.tls_client_ca,
                       auth_token=_auth_token(args))
-    cfg.validate()
     scorer = Scorer.from_path(args.model, device=args.device, precision=args.precision)
     try:
         asyncio.run(serve_forever(scorer, cfg, args.model, args.ready_file))

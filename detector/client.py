@@ -13,14 +13,13 @@ within the call's timeout.
 from __future__ import annotations
 
 import json
-import uuid
 from dataclasses import dataclass
 from typing import Sequence
 
 import grpc
 import numpy as np
 
-from detector.serving.grpc.converters import array_to_tensor, response_to_columns
+from detector.serving.grpc.converters import response_to_columns, score_request
 from detector.v1 import detector_pb2 as pb
 from detector.v1 import detector_pb2_grpc as pb_grpc
 
@@ -58,12 +57,6 @@ def open_channel(target: str, credentials: grpc.ChannelCredentials | None = None
             else grpc.insecure_channel(target, options))
 
 
-def _request(samples: np.ndarray, sample_ids: Sequence[str] | None, request_id: str | None,
-             diagnostics: Sequence[str] = (), layout: str = "NCHW", maps: bool = False) -> pb.ScoreRequest:
-    return pb.ScoreRequest(request_id=request_id or uuid.uuid4().hex, samples=array_to_tensor(samples, layout),
-                           sample_ids=list(sample_ids or []), diagnostics=list(diagnostics), return_anomaly_maps=maps)
-
-
 def _result(response: pb.ScoreResponse) -> RemoteResult:
     return RemoteResult(response.request_id, response.model_version, response_to_columns(response))
 
@@ -82,7 +75,7 @@ class DetectorClient:
         """Score a batch; ``diagnostics`` adds costlier scores by name ("iw_nll", "complexity"): NaN otherwise.
         ``layout``: "NCHW" ([N, C, H, W], or [N, H, W] for one channel) or "NHWC" ([N, H, W, C], as numpy and
         OpenCV hold images). ``maps``: per-pixel anomaly maps as ``.anomaly_map`` (N, H, W)."""
-        response = self._stub.Score(_request(samples, sample_ids, request_id, diagnostics, layout, maps),
+        response = self._stub.Score(score_request(samples, sample_ids, request_id, diagnostics, layout, maps),
                                     timeout=timeout or self.timeout, metadata=self.metadata)
         return _result(response)
 
@@ -116,7 +109,7 @@ class AsyncDetectorClient:
                     timeout: float | None = None, diagnostics: Sequence[str] = (), layout: str = "NCHW",
                     maps: bool = False) -> RemoteResult:
         """DetectorClient.score, awaited."""
-        response = await self._stub.Score(_request(samples, sample_ids, request_id, diagnostics, layout, maps),
+        response = await self._stub.Score(score_request(samples, sample_ids, request_id, diagnostics, layout, maps),
                                           timeout=timeout or self.timeout, metadata=self.metadata)
         return _result(response)
 

@@ -188,7 +188,7 @@ def validate_model(cfg: ModelConfig) -> None:
         raise ConfigError(f"latent_dim must be >= 1, got {cfg.latent_dim}")
 
 
-@dataclass
+@dataclass(frozen=True)
 class ServeConfig:
     host: str = "127.0.0.1"
     port: int = 50051
@@ -212,6 +212,9 @@ class ServeConfig:
     tls_key: str | None = None
     tls_client_ca: str | None = None  # PEM CA: require client certificates (mutual TLS)
     auth_token: str | None = None  # require "authorization: Bearer <token>" metadata
+
+    def __post_init__(self) -> None:
+        self.validate()  # the one check: a ServeConfig that exists makes sense
 
     def validate(self) -> None:
         if self.max_batch_samples < 1 or self.max_request_samples < 1 or self.max_queue_samples < 1:

@@ -36,144 +36,27 @@ import numpy as np
 
 from detector.bench.loadgen import bench_samples, load
 from detector.bench.results import stamp
+from detector.serving.grpc.converters import score_request
 from detector.serving.process import ServeProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 
 # ---------------------------------------------------------------- fuzz
-def fuzz(args) -> dict:
-    import grpc
-    from hypothesis import HealthCheck, Phase, given, settings
-    from hypothesis import strategies as st
+INVALID, TOO_BIG = "INVALID_ARGUMENT", "RESOURCE_EXHAUSTED"
 
+
+def fuzz(args) -> dict:
     from detector.scoring.scorer import Scorer
-    from detector.v1 import detector_pb2 as pb
 
     scorer = Scorer.from_path(args.bundle, device="cpu")
-    shape, image = list(scorer.sample_shape), scorer.kind == "image"
-    per = int(np.prod(shape))
-    dtype = pb.UINT8 if scorer.input_dtype == "uint8" else pb.FLOAT32
     pool = bench_samples(args.bundle, 256)
     expected = scorer.score(pool).scores["novelty"]
     max_request, max_mb = 64, 1
-    INVALID, TOO_BIG = "INVALID_ARGUMENT", "RESOURCE_EXHAUSTED"
-
-    def request(tensor_shape, data, dtype_=dtype, ids=(), rid="fuzz") -> bytes:
-        return pb.ScoreRequest(request_id=rid, samples=pb.Tensor(shape=tensor_shape, dtype=dtype_, data=data),
-                               sample_ids=list(ids)).SerializeToString()
-
-    def uint8s(n):
-        return bytes(n * per)
-
-    def floats(n, value=0.5):
-        return np.full(n * per, value, "<f4").tobytes()
-
-    def field(number, payload: bytes) -> bytes:  # a length-delimited field, written by hand
-        tag, length = bytes([(number << 3) | 2]), payload.__len__()
-        varint = bytearray()
-        while True:
-            byte, length = length & 0x7F, length >> 7
-            varint.append(byte | (0x80 if length else 0))
-            if not length:
-                break
-        return tag + bytes(varint) + payload
-
-    n_ = st.integers(1, 4)
-    dims = st.lists(st.integers(1, 40), min_size=1, max_size=3)
-    bad_utf8 = st.binary(min_size=1, max_size=20).filter(lambda b: not _is_utf8(b))
-    cases = st.one_of(
-        st.tuples(st.just("dtype"), st.builds(
-            lambda d, n: request([n, *shape], bytes(n * per * 4), dtype_=d),
-            st.integers(-2**31, 2**31 - 1).filter(lambda d: d not in (1, 2, 3)), n_), st.just(INVALID)),
-        st.tuples(st.just("shape"), st.builds(
-            lambda n, d: request([n, *d], bytes(n * int(np.prod(d))), dtype_=pb.UINT8), n_,
-            dims.filter(lambda d: d != shape)), st.just(INVALID)),
-        st.tuples(st.just("byte count"), st.builds(
-            lambda n, delta: request([n, *shape], bytes(max(0, n * per + delta)), dtype_=pb.UINT8), n_,
-            st.integers(-per, per).filter(lambda d: d != 0)), st.just(INVALID)),
-        st.tuples(st.just("nan/inf"), st.builds(
-            lambda n, pos, v: request([n, *shape], _with(floats(n), pos % (n * per), v), dtype_=pb.FLOAT32), n_,
-            st.integers(0, 10**9), st.sampled_from([np.nan, np.inf, -np.inf])), st.just(INVALID)),
-        st.tuples(st.just("huge dim"), st.builds(
-            lambda n, d, at: request([n, *shape[:at], d, *shape[at + 1:]], bytes(8)), n_,
-            st.integers(2**31, 2**63 - 1), st.integers(0, len(shape) - 1)), st.just(INVALID)),
-        st.tuples(st.just("negative dim"), st.builds(
-            lambda d, at: request([*([1] + shape)[:at], d, *([1] + shape)[at + 1:]], bytes(per)),
-            st.integers(-2**63, -1), st.integers(0, len(shape))), st.just(INVALID)),
-        st.tuples(st.just("empty"), st.sampled_from([
-            request([], b""), request([0, *shape], b""), pb.ScoreRequest(request_id="x").SerializeToString(), b""]),
-            st.just(INVALID)),
-        st.tuples(st.just("too many samples"), st.builds(
-            lambda extra: request([max_request + extra, *shape], uint8s(max_request + extra), dtype_=pb.UINT8),
-            st.integers(1, 16)), st.just(INVALID)),
-        st.tuples(st.just("id count"), st.tuples(n_, st.integers(1, 9)).filter(lambda t: t[0] != t[1]).map(
-            lambda t: request([t[0], *shape], uint8s(t[0]), dtype_=pb.UINT8, ids=[str(i) for i in range(t[1])])),
-            st.just(INVALID)),
-        st.tuples(st.just("non-UTF-8 string"), st.builds(
-            lambda n, number, b: request([n, *shape], uint8s(n), dtype_=pb.UINT8) + field(number, b), n_,
-            st.sampled_from([1, 3]), bad_utf8), st.just(INVALID)),
-        st.tuples(st.just("truncated bytes"), st.builds(
-            lambda n, frac: (lambda r: r[:int(len(r) * frac)])(request([n, *shape], uint8s(n), dtype_=pb.UINT8)),
-            n_, st.floats(0, 0.999)), st.just(INVALID)),
-        st.tuples(st.just("garbage bytes"), st.binary(min_size=1, max_size=200), st.just(INVALID)),
-        st.tuples(st.just("oversized message"), st.builds(
-            lambda extra: request([1, (max_mb << 20) + extra], bytes((max_mb << 20) + extra), dtype_=pb.UINT8),
-            st.integers(1, 1 << 20)), st.just(TOO_BIG)),
-    )
-    if image:
-        cases = st.one_of(cases, st.tuples(st.just("out of range"), st.builds(
-            lambda n, v: request([n, *shape], floats(n, v), dtype_=pb.FLOAT32), n_,
-            st.one_of(st.floats(-1e30, -1e-3), st.floats(1.001, 1e30))), st.just(INVALID)))
-
-    stats = {"malformed": 0, "valid": 0, "by_kind": {}, "wrong_code": [], "wrong_answer": 0, "valid_failed": 0}
+    cases = _malformed_cases(scorer, max_request, max_mb)
     with ServeProcess(args.bundle, "--max-request-samples", str(max_request), "--max-message-mb", str(max_mb)) as srv:
-        channel = grpc.insecure_channel(srv.target, options=[("grpc.max_send_message_length", 8 << 20)])
-        raw_score = channel.unary_unary("/detector.v1.Detector/Score")
-        typed_score = channel.unary_unary("/detector.v1.Detector/Score",
-                                          request_serializer=pb.ScoreRequest.SerializeToString,
-                                          response_deserializer=pb.ScoreResponse.FromString)
-        rng = np.random.default_rng(0)
-
-        def send_valid():
-            idx = rng.integers(0, len(pool), int(rng.integers(1, 5)))
-            x = pool[idx]
-            req = pb.ScoreRequest(request_id=f"v{stats['valid']}", samples=pb.Tensor(
-                shape=list(x.shape), dtype=dtype, data=np.ascontiguousarray(x).tobytes()),
-                sample_ids=[str(i) for i in idx])
-            stats["valid"] += 1
-            try:
-                reply = typed_score(req, timeout=30)
-            except grpc.RpcError as e:
-                stats["valid_failed"] += 1
-                print(f"valid request failed: {e.code().name} {e.details()}", file=sys.stderr)
-                return
-            got = np.array([r.novelty_score for r in reply.results])
-            # Batching moves novelty by float32 rounding (~1e-4 on the tiny test bundle); a mixed-up sample, by units.
-            if (reply.request_id != req.request_id or [r.sample_id for r in reply.results] != list(req.sample_ids)
-                    or not np.allclose(got, expected[idx], rtol=1e-3, atol=1e-3)):
-                stats["wrong_answer"] += 1
-
-        @settings(max_examples=args.n, deadline=None, database=None, phases=[Phase.generate],
-                  suppress_health_check=list(HealthCheck))
-        @given(cases)
-        def one(case):
-            kind, raw, want = case
-            try:
-                raw_score(raw, timeout=30)
-                got, details = "OK", ""
-            except grpc.RpcError as e:
-                got, details = e.code().name, e.details() or ""
-            stats["malformed"] += 1
-            stats["by_kind"][kind] = stats["by_kind"].get(kind, 0) + 1
-            if got != want:
-                stats["wrong_code"].append((kind, want, got, details[:200]))
-            if stats["malformed"] % 5 == 0:
-                send_valid()
-
-        started = time.monotonic()
-        one()
-        stats["streams"] = fuzz_streams(srv, pool, dtype, args.streams)
-        stats["seconds"] = time.monotonic() - started
+        stats = _fuzz_server(srv, cases, pool, expected, args.n)
+        stats["streams"] = fuzz_streams(srv, pool, _wire_dtype(scorer), args.streams)
+        stats["seconds"] = time.monotonic() - stats.pop("started")
         stats["server_alive"] = srv.proc.poll() is None
         stats["serving_after"] = srv.serving()
         stats["invalid_argument_counted"] = srv.metric_sum("detector_errors_total", code="INVALID_ARGUMENT")
@@ -188,6 +71,126 @@ def fuzz(args) -> dict:
                         f"codes, {stats['wrong_answer'] + stats['valid_failed']} valid requests answered wrongly or "
                         f"not at all, server SERVING after: {stats['serving_after']} ({stats['seconds']:.0f} s)")
     stats["wrong_code"] = stats["wrong_code"][:20]
+    return stats
+
+
+def _wire_dtype(scorer):
+    from detector.v1 import detector_pb2 as pb
+
+    return pb.UINT8 if scorer.input_dtype == "uint8" else pb.FLOAT32
+
+
+def _malformed_cases(scorer, max_request: int, max_mb: int):
+    """A hypothesis strategy of (kind, request bytes, the status code the server must answer)."""
+    from google.protobuf import wrappers_pb2
+    from hypothesis import strategies as st
+
+    from detector.v1 import detector_pb2 as pb
+
+    shape = list(scorer.sample_shape)
+    per = int(np.prod(shape))
+
+    def request(tensor_shape, data, dtype=_wire_dtype(scorer), ids=()) -> bytes:
+        return pb.ScoreRequest(request_id="fuzz", samples=pb.Tensor(shape=tensor_shape, dtype=dtype, data=data),
+                               sample_ids=list(ids)).SerializeToString()
+
+    def uint8s(n):
+        return request([n, *shape], bytes(n * per), dtype=pb.UINT8)
+
+    def floats(n, value=0.5):
+        return np.full(n * per, value, "<f4").tobytes()
+
+    def string_field(number: int, payload: bytes) -> bytes:
+        """Field ``number`` (1: request_id, 3: sample_ids) holding bytes that are not UTF-8. Generated classes refuse
+        such strings, so the bytes come from a message whose field of that number is ``bytes``: same wire format."""
+        return (wrappers_pb2.BytesValue(value=payload) if number == 1 else pb.Tensor(data=payload)).SerializeToString()
+
+    n_ = st.integers(1, 4)
+    bad_utf8 = st.binary(min_size=1, max_size=20).filter(lambda b: not _is_utf8(b))
+    kinds = {
+        "dtype": st.builds(lambda d, n: request([n, *shape], bytes(n * per * 4), dtype=d),
+                           st.integers(-2**31, 2**31 - 1).filter(lambda d: d not in (1, 2, 3)), n_),
+        "shape": st.builds(lambda n, d: request([n, *d], bytes(n * int(np.prod(d))), dtype=pb.UINT8), n_,
+                           st.lists(st.integers(1, 40), min_size=1, max_size=3).filter(lambda d: d != shape)),
+        "byte count": st.builds(lambda n, delta: request([n, *shape], bytes(max(0, n * per + delta)), dtype=pb.UINT8),
+                                n_, st.integers(-per, per).filter(lambda d: d != 0)),
+        "nan/inf": st.builds(lambda n, pos, v: request([n, *shape], _with(floats(n), pos % (n * per), v),
+                                                       dtype=pb.FLOAT32),
+                             n_, st.integers(0, 10**9), st.sampled_from([np.nan, np.inf, -np.inf])),
+        "huge dim": st.builds(lambda n, d, at: request([n, *shape[:at], d, *shape[at + 1:]], bytes(8)), n_,
+                              st.integers(2**31, 2**63 - 1), st.integers(0, len(shape) - 1)),
+        "negative dim": st.builds(lambda d, at: request([*([1] + shape)[:at], d, *([1] + shape)[at + 1:]], bytes(per)),
+                                  st.integers(-2**63, -1), st.integers(0, len(shape))),
+        "empty": st.sampled_from([request([], b""), request([0, *shape], b""),
+                                  pb.ScoreRequest(request_id="x").SerializeToString(), b""]),
+        "too many samples": st.builds(lambda extra: uint8s(max_request + extra), st.integers(1, 16)),
+        "id count": st.tuples(n_, st.integers(1, 9)).filter(lambda t: t[0] != t[1]).map(
+            lambda t: request([t[0], *shape], bytes(t[0] * per), dtype=pb.UINT8, ids=[str(i) for i in range(t[1])])),
+        "non-UTF-8 string": st.builds(lambda n, number, b: uint8s(n) + string_field(number, b), n_,
+                                      st.sampled_from([1, 3]), bad_utf8),
+        "truncated bytes": st.builds(lambda n, frac: (lambda r: r[:int(len(r) * frac)])(uint8s(n)), n_,
+                                     st.floats(0, 0.999)),
+        "garbage bytes": st.binary(min_size=1, max_size=200),
+    }
+    if scorer.kind == "image":
+        kinds["out of range"] = st.builds(lambda n, v: request([n, *shape], floats(n, v), dtype=pb.FLOAT32), n_,
+                                          st.one_of(st.floats(-1e30, -1e-3), st.floats(1.001, 1e30)))
+    oversized = st.builds(lambda extra: request([1, (max_mb << 20) + extra], bytes((max_mb << 20) + extra),
+                                                dtype=pb.UINT8), st.integers(1, 1 << 20))
+    return st.one_of(*(st.tuples(st.just(kind), cases, st.just(INVALID)) for kind, cases in kinds.items()),
+                     st.tuples(st.just("oversized message"), oversized, st.just(TOO_BIG)))
+
+
+def _fuzz_server(srv: ServeProcess, cases, pool: np.ndarray, expected: np.ndarray, n: int) -> dict:
+    """Send ``n`` malformed requests drawn from ``cases``, a valid one after every fifth; count what came back."""
+    import grpc
+    from hypothesis import HealthCheck, Phase, given, settings
+
+    from detector.v1 import detector_pb2 as pb
+
+    stats = {"malformed": 0, "valid": 0, "by_kind": {}, "wrong_code": [], "wrong_answer": 0, "valid_failed": 0}
+    channel = grpc.insecure_channel(srv.target, options=[("grpc.max_send_message_length", 8 << 20)])
+    raw_score = channel.unary_unary("/detector.v1.Detector/Score")
+    typed_score = channel.unary_unary("/detector.v1.Detector/Score", request_serializer=pb.ScoreRequest.SerializeToString,
+                                      response_deserializer=pb.ScoreResponse.FromString)
+    rng = np.random.default_rng(0)
+
+    def send_valid():
+        idx = rng.integers(0, len(pool), int(rng.integers(1, 5)))
+        req = score_request(pool[idx], [str(i) for i in idx], f"v{stats['valid']}")
+        stats["valid"] += 1
+        try:
+            reply = typed_score(req, timeout=30)
+        except grpc.RpcError as e:
+            stats["valid_failed"] += 1
+            print(f"valid request failed: {e.code().name} {e.details()}", file=sys.stderr)
+            return
+        got = np.array([r.novelty_score for r in reply.results])
+        # Batching moves novelty by float32 rounding (~1e-4 on the tiny test bundle); a mixed-up sample, by units.
+        if (reply.request_id != req.request_id or [r.sample_id for r in reply.results] != list(req.sample_ids)
+                or not np.allclose(got, expected[idx], rtol=1e-3, atol=1e-3)):
+            stats["wrong_answer"] += 1
+
+    @settings(max_examples=n, deadline=None, database=None, phases=[Phase.generate],
+              suppress_health_check=list(HealthCheck))
+    @given(cases)
+    def one(case):
+        kind, raw, want = case
+        try:
+            raw_score(raw, timeout=30)
+            got, details = "OK", ""
+        except grpc.RpcError as e:
+            got, details = e.code().name, e.details() or ""
+        stats["malformed"] += 1
+        stats["by_kind"][kind] = stats["by_kind"].get(kind, 0) + 1
+        if got != want:
+            stats["wrong_code"].append((kind, want, got, details[:200]))
+        if stats["malformed"] % 5 == 0:
+            send_valid()
+
+    stats["started"] = time.monotonic()
+    one()
+    channel.close()
     return stats
 
 

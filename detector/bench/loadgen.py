@@ -22,8 +22,7 @@ async def _client_loop(target, samples, seconds, batch, concurrency, rate, seed,
                        out):
     import grpc
 
-    from detector.serving.grpc.converters import array_to_tensor
-    from detector.v1 import detector_pb2 as pb
+    from detector.serving.grpc.converters import score_request
     from detector.v1 import detector_pb2_grpc as pb_grpc
 
     channel = grpc.aio.insecure_channel(target)
@@ -37,7 +36,7 @@ async def _client_loop(target, samples, seconds, batch, concurrency, rate, seed,
         idx = rng.integers(0, len(samples), batch)
         rid = f"{seed}-{i}"
         ids = [f"{rid}-{j}" for j in range(batch)]
-        req = pb.ScoreRequest(request_id=rid, samples=array_to_tensor(samples[idx]), sample_ids=ids)
+        req = score_request(samples[idx], ids, rid)
         t0, wait = time.perf_counter(), None
         try:
             resp = await stub.Score(req, timeout=timeout, metadata=metadata)

@@ -26,7 +26,6 @@ class ScoringService:
     diagnostics = DIAGNOSTICS  # what a request may ask for besides the default scores
 
     def __init__(self, scorer: Scorer, metrics: ServerMetrics, cfg: ServeConfig):
-        cfg.validate()
         self.scorer = scorer
         self.metrics = metrics
         self.cfg = cfg

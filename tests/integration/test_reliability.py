@@ -17,6 +17,7 @@ from detector.data import load_spec
 from detector.data.synthetic import bars
 from detector.errors import BundleError
 from detector.scoring.scorer import Scorer
+from detector.serving.grpc.converters import score_request
 from detector.serving.service import score_batch
 from detector.training.pipeline import train_bundle
 from detector.v1 import detector_pb2 as pb
@@ -43,9 +44,7 @@ def stub(target):
 
 
 def request(n, seed=0, request_id="r"):
-    x = bars(n, size=16, seed=seed)
-    return pb.ScoreRequest(request_id=request_id, samples=pb.Tensor(shape=list(x.shape), dtype=pb.UINT8,
-                                                                  data=x.tobytes()))
+    return score_request(bars(n, size=16, seed=seed), request_id=request_id)
 
 
 def code_of(fn):

@@ -89,9 +89,9 @@ def test_tls_settings_must_be_complete(scorer):
     from detector.config import ServeConfig
 
     with pytest.raises(ConfigError, match="both a certificate and a key"):
-        ServeConfig(tls_cert="a.pem").validate()
+        ServeConfig(tls_cert="a.pem")
     with pytest.raises(ConfigError, match="needs TLS"):
-        ServeConfig(tls_client_ca="ca.pem").validate()
+        ServeConfig(tls_client_ca="ca.pem")
 
 
 def test_score_cli_through_a_tls_server_with_a_token(scorer, data_dir, tmp_path):

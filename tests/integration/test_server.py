@@ -16,7 +16,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from detector.client import DetectorClient
 from detector.data.synthetic import bars
 from detector.scoring.scorer import Scorer
-from detector.serving.grpc.converters import array_to_tensor
+from detector.serving.grpc.converters import score_request
 from detector.v1 import detector_pb2 as pb
 from detector.v1 import detector_pb2_grpc as pb_grpc
 from detector.serving.service import score_batch
@@ -146,8 +146,7 @@ def test_every_layout_gives_the_scores_of_channels_first(server, scorer):
 
 def test_stream_answers_in_order(server):
     xs = [samples(i % 4 + 1, 50 + i) for i in range(12)]
-    requests = [pb.ScoreRequest(request_id=f"s{i}", samples=pb.Tensor(shape=list(x.shape), dtype=pb.UINT8,
-                                                                       data=x.tobytes())) for i, x in enumerate(xs)]
+    requests = [score_request(x, request_id=f"s{i}") for i, x in enumerate(xs)]
     responses = list(stub(server.target).ScoreStream(iter(requests), timeout=30))
     assert [r.request_id for r in responses] == [f"s{i}" for i in range(12)]
     assert [len(r.results) for r in responses] == [len(x) for x in xs]
@@ -335,13 +334,13 @@ def test_diagnostics_only_when_asked_and_unknown_ones_refused(server, scorer):
 def test_anomaly_maps_only_when_asked_and_equal_to_in_process(server, scorer):
     x = samples(6, seed=41)
     with DetectorClient(server.target) as client:
-        plain_raw = stub(server.target).Score(pb.ScoreRequest(samples=array_to_tensor(x)), timeout=10)
+        plain_raw = stub(server.target).Score(score_request(x), timeout=10)
         asked = client.score(x, maps=True)
         nhwc = client.score(np.ascontiguousarray(x.transpose(0, 2, 3, 1)), layout="NHWC", maps=True)
     # Plain scoring carries no map at all: no bytes, no extra pass.
     assert not any(r.HasField("anomaly_map") for r in plain_raw.results)
     assert asked.anomaly_map.shape == (6, 16, 16) and asked.anomaly_map.dtype == np.float32
-    tensor = stub(server.target).Score(pb.ScoreRequest(samples=array_to_tensor(x[:1]), return_anomaly_maps=True),
+    tensor = stub(server.target).Score(score_request(x[:1], maps=True),
                                        timeout=10).results[0].anomaly_map
     assert list(tensor.shape) == [16, 16] and tensor.dtype == pb.FLOAT32
     local = scorer.score(x, maps=True).anomaly_maps

@@ -1,9 +1,11 @@
-"""The only place protobuf types meet numpy: Tensor <-> ndarray, ScoreResult -> SampleResults."""
+"""The only place protobuf messages are built or read: Tensor <-> ndarray, ScoreRequest, ScoreResult ->
+SampleResults, ModelInfo."""
 
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+import uuid
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 from google.protobuf.message import DecodeError
@@ -13,7 +15,8 @@ from detector.errors import InvalidInput
 from detector.v1 import detector_pb2 as pb
 
 if TYPE_CHECKING:  # the client imports this module: keep torch out of its start-up
-    from detector.scoring.scorer import ScoreResult
+    from detector.config import ServeConfig
+    from detector.scoring.scorer import Scorer, ScoreResult
 
 _DTYPES = {pb.UINT8: np.dtype("<u1"), pb.FLOAT32: np.dtype("<f4"), pb.FLOAT16: np.dtype("<f2")}
 _ENUM_OF = {np.dtype("uint8"): pb.UINT8, np.dtype("float32"): pb.FLOAT32, np.dtype("float16"): pb.FLOAT16}
@@ -83,6 +86,25 @@ def array_to_tensor(array: np.ndarray, layout: str = "NCHW") -> pb.Tensor:
     return pb.Tensor(shape=list(array.shape), dtype=_ENUM_OF[array.dtype],
                      layout=pb.Layout.Value(check_layout(layout)),
                      data=array.astype(array.dtype.newbyteorder("<")).tobytes())
+
+
+def score_request(samples: np.ndarray, sample_ids: Sequence[str] | None = None, request_id: str | None = None,
+                  diagnostics: Sequence[str] = (), layout: str = "NCHW", maps: bool = False) -> pb.ScoreRequest:
+    """A ScoreRequest for ``samples`` given in ``layout``; a random request id when none is given."""
+    return pb.ScoreRequest(request_id=request_id or uuid.uuid4().hex, samples=array_to_tensor(samples, layout),
+                           sample_ids=list(sample_ids or []), diagnostics=list(diagnostics), return_anomaly_maps=maps)
+
+
+def model_info_message(scorer: Scorer, cfg: ServeConfig, diagnostics: Sequence[str]) -> pb.ModelInfo:
+    """What GetModelInfo tells a client about the served model and the server's limits."""
+    cal = scorer.calibration
+    return pb.ModelInfo(
+        model_version=scorer.model_version, input_shape=list(scorer.sample_shape),
+        preferred_dtype=pb.UINT8 if scorer.input_dtype == "uint8" else pb.FLOAT32, primary_score="novelty",
+        target_fpr=cal["novelty"].target_fpr if "novelty" in cal else 0.0,
+        thresholds={k: c.threshold for k, c in cal.items()}, device=str(scorer.device),
+        max_batch_samples=cfg.max_batch_samples, max_request_samples=cfg.max_request_samples,
+        data_kind=scorer.kind, diagnostics=list(diagnostics), accepted_shapes=accepted_shapes_message(scorer.sample_shape))
 
 
 def accepted_shapes_message(sample_shape: tuple[int, ...]) -> list[pb.AcceptedShape]:

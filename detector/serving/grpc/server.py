@@ -66,7 +66,6 @@ class RunningServer:
 
 async def start_server(scorer: Scorer, cfg: ServeConfig, registry: CollectorRegistry | None = None) -> RunningServer:
     """Build, bind and start; health turns SERVING only after the model is warmed up."""
-    cfg.validate()
     registry = registry if registry is not None else CollectorRegistry()
     metrics = ServerMetrics(registry, cfg.novelty_window_s, cfg.drift_window_samples)
     service = ScoringService(scorer, metrics, cfg)

@@ -13,7 +13,7 @@ import grpc
 
 from detector.errors import (BundleError, DeadlineExpired, DetectorError, InvalidInput, ModelNotReady, Overloaded,
                              Unauthenticated)
-from detector.serving.grpc.converters import (accepted_shapes_message, lenient_parser, parsed, result_to_response,
+from detector.serving.grpc.converters import (lenient_parser, model_info_message, parsed, result_to_response,
                                               tensor_layout, tensor_to_array)
 from detector.serving.service import ScoringService, deadline_from_remaining
 from detector.v1 import detector_pb2 as pb
@@ -147,16 +147,7 @@ class DetectorServicer(pb_grpc.DetectorServicer):
     @_observed("GetModelInfo")
     async def GetModelInfo(self, request, context):
         parsed(request)
-        scorer, cfg = self.service.scorer, self.service.cfg
-        cal = scorer.calibration
-        return pb.ModelInfo(
-            model_version=scorer.model_version, input_shape=list(scorer.sample_shape),
-            preferred_dtype=pb.UINT8 if scorer.input_dtype == "uint8" else pb.FLOAT32, primary_score="novelty",
-            target_fpr=cal["novelty"].target_fpr if "novelty" in cal else 0.0,
-            thresholds={k: c.threshold for k, c in cal.items()}, device=str(scorer.device),
-            max_batch_samples=cfg.max_batch_samples, max_request_samples=cfg.max_request_samples,
-            data_kind=scorer.kind, diagnostics=list(self.service.diagnostics),
-            accepted_shapes=accepted_shapes_message(scorer.sample_shape))
+        return model_info_message(self.service.scorer, self.service.cfg, self.service.diagnostics)
 
 
 def add_detector_service(servicer: DetectorServicer, server) -> None:
