@@ -141,13 +141,18 @@ def main() -> None:
                 "rest_test_fpr": float(te.novel["novelty"][~t_min].mean()),
             }
             print(f"{name}: {result['runs'][name]}", flush=True)
-    a, b = result["runs"]["without --debias"], result["runs"]["with --debias"]
     stamp(result)
+    write_results(args.out, "debias", result, report(args, result, len(minority)))
+
+
+def report(args, result: dict, minority_images: int) -> list[str]:
+    """debias.md, line by line."""
+    a, b = result["runs"]["without --debias"], result["runs"]["with --debias"]
     lines = ["# Debiasing (DB-VAE)", "",
              f"Measured by `.venv/bin/python scripts/bench_debias.py --minority {args.minority} --share {args.share} "
              f"--epochs {args.epochs}` on {result['machine']}, {result['date']}. Training set: Fashion-MNIST train with "
              f"class {args.minority} ({result['minority_name']}) cut to {result['minority_train_samples']} of "
-             f"{len(minority)} images ({args.share:.0%}); {result['train_samples']} images in all. Test: the 10,000 "
+             f"{minority_images} images ({args.share:.0%}); {result['train_samples']} images in all. Test: the 10,000 "
              "test images, every one of them normal (all ten classes are in-distribution).", "",
              "| | without --debias | with --debias |", "|---|---|---|",
              f"| minority mean resample weight / rest's | {a['weight_ratio']:.2f} | {b['weight_ratio']:.2f} |",
@@ -165,7 +170,7 @@ def main() -> None:
               "| cap | minority weight / rest's | effective sample share |", "|---|---|---|"]
     lines += [f"| {cap} | {r['weight_ratio']:.2f} | {r['effective_sample_share']:.1%} |"
               for cap, r in result["cap_sweep"].items()]
-    write_results(args.out, "debias", result, lines)
+    return lines
 
 
 if __name__ == "__main__":

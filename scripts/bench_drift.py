@@ -125,7 +125,13 @@ def main() -> None:
     result = stamp({"bundle": str(args.bundle), "window": args.window, "windows": args.windows, "trials": args.trials,
                     "alert_p_per_test": ALERT_P, "n_calibration": cal.n, "target_fpr": cal.target_fpr,
                     "false_alarm_rate": alarms, "samples_to_fire": delays, "share_flagged": whole})
-    lines = [
+    write_results(args.out, "drift", result, report(args, result, cal))
+
+
+def report(args, result: dict, cal) -> list[str]:
+    """drift.md, line by line."""
+    alarms, delays, whole = result["false_alarm_rate"], result["samples_to_fire"], result["share_flagged"]
+    return [
         "# Drift tests on simulated streams",
         "",
         f"Measured by `.venv/bin/python scripts/bench_drift.py --bundle {args.bundle}` on {result['machine']}, "
@@ -160,7 +166,6 @@ def main() -> None:
         "so a share of clear anomalies shows there first; the KS test sees the whole score distribution move, as a "
         "global shift does.",
     ]
-    write_results(args.out, "drift", result, lines)
 
 
 if __name__ == "__main__":

@@ -115,10 +115,16 @@ def main() -> None:
     masks = np.concatenate(all_masks)
     compared = {name: {"pixel_auroc": pixel_auroc(np.concatenate(all_maps[name]), np.concatenate(all_clean[name]), masks),
                        "pro": pro(np.concatenate(all_maps[name]), masks)} for name in all_maps}
-    served_name = "residual x gradient (served)"
     result = stamp({"bundle": str(args.bundle), "per_kind": args.per_kind, "by_size": rows,
                     "by_kind_and_size": {f"{k}/{s}": v for (k, s), v in by_kind.items()}, "variants": compared})
-    lines = [
+    write_results(args.out, "maps", result, report(args, result, n, by_kind))
+
+
+def report(args, result: dict, n: int, by_kind: dict) -> list[str]:
+    """maps.md, line by line."""
+    rows, compared = result["by_size"], result["variants"]
+    served_name = "residual x gradient (served)"
+    return [
         "# Anomaly maps on synthetic defects",
         "",
         f"Measured by `.venv/bin/python scripts/bench_maps.py --bundle {args.bundle}` on {result['machine']}, "
@@ -151,7 +157,6 @@ def main() -> None:
         "maps at that location. The served map uses one centre and spread for the whole image, which leaves the "
         "ranking of pixels (and so both AUROC and PRO) as the unstandardised map has it.",
     ]
-    write_results(args.out, "maps", result, lines)
 
 
 if __name__ == "__main__":

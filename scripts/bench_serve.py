@@ -137,6 +137,12 @@ def main() -> None:
     if args.overload:
         overload(args, samples)
         return
+    res, batch_s = measure(args, samples)
+    write_serving(args, res, batch_s)
+
+
+def measure(args, samples) -> tuple[dict, float]:
+    """(a)-(e), each printed as it is measured; returns the results and (a)'s seconds per batch."""
     res = {}
     res["a_ceiling_samples_per_s"], batch_s = ceiling(args.bundle, args.max_batch)
     print(f"(a) in-process Scorer at batch {args.max_batch}: {res['a_ceiling_samples_per_s']:.0f} samples/s "
@@ -156,7 +162,11 @@ def main() -> None:
     with Server(args.bundle, batching=False) as s:
         res["c_batching_off"] = load(s.target, samples, args.seconds, 1, 64)
     print(f"(c) real server, batching off, 64 clients x 1 sample: {res['c_batching_off']}", flush=True)
+    return res, batch_s
 
+
+def write_serving(args, res: dict, batch_s: float) -> None:
+    """The checks against the issue's bars, then serving.{json,md}."""
     a, b = res["a_ceiling_samples_per_s"], res["b_transport"]["samples_per_s"]
     con, coff, d = (res["c_batching_on"]["samples_per_s"], res["c_batching_off"]["samples_per_s"],
                     res["d_8x64"]["samples_per_s"])
