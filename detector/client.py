@@ -140,7 +140,7 @@ def score_samples_remote(target: str, samples, batch_size: int = 256, progress: 
     try:
         with DetectorClient(target, timeout=60.0, credentials=credentials, metadata=metadata) as client, \
                 progress_bar(len(samples), "scoring (remote)", enabled=progress, leave=True) as bar:
-            for start, raw in samples.chunks(batch_size):
+            for start, raw in samples.chunks(batch_size, bar=bar):
                 r = client.score(raw, sample_ids=[str(start + i) for i in range(len(raw))], diagnostics=diagnostics,
                                  maps=on_maps is not None)
                 if on_maps is not None:
@@ -154,7 +154,6 @@ def score_samples_remote(target: str, samples, batch_size: int = 256, progress: 
                 parts.append(ScoreResult(scores=scores, p_values={"novelty": r.p_value}, novel={"novelty": r.is_novel},
                                          thresholds={"novelty": float(r.threshold[0])},
                                          resample_weight=r.resample_weight, resample=r.resample))
-                bar.update(len(raw))
     except grpc.RpcError as exc:
         raise DetectorError(f"server {target}: {exc.code().name}: {exc.details()}") from None
     return ScoreResult.concat(parts)

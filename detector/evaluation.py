@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from detector.scoring.metrics import auprc, auroc, fpr_at_tpr
+from detector.scoring.detection_metrics import auprc, auroc, fpr_at_tpr
 from detector.scoring.scorer import PRIMARY, ScoreResult
 
 

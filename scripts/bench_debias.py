@@ -49,11 +49,11 @@ def weight_ratio(weights: np.ndarray, is_min: np.ndarray) -> float:
 def cap_sweep(mus: np.ndarray, is_min: np.ndarray, caps=(10, 20, 50, 100, 200)) -> dict[str, dict[str, float]]:
     """The minority's weight ratio and the draws' effective sample size for several caps (max_draw_ratio)."""
     from detector.config import DebiasConfig
-    from detector.debias.sampler import fit_density
+    from detector.debias.density import LatentDensity
 
     out = {}
     for cap in caps:
-        w = fit_density(mus, DebiasConfig(max_draw_ratio=cap)).weights(mus).astype(np.float64)
+        w = LatentDensity.from_config(mus, DebiasConfig(max_draw_ratio=cap)).weights(mus).astype(np.float64)
         out[str(cap)] = {"weight_ratio": weight_ratio(w, is_min),
                          "effective_sample_share": float(w.sum() ** 2 / (w ** 2).sum() / len(w))}
     return out
@@ -63,7 +63,8 @@ def every_class(bundle: Path, share: float, seed: int, out: Path) -> None:
     import torch
 
     from detector.config import DebiasConfig
-    from detector.debias.sampler import fit_density, latent_means_of
+    from detector.debias.density import LatentDensity
+    from detector.scoring.latent import latent_means_of
 
     scorer = Scorer.from_path(bundle)
     train = load_spec("fashion-mnist:train")
@@ -75,7 +76,7 @@ def every_class(bundle: Path, share: float, seed: int, out: Path) -> None:
         m, is_min = mus[keep], y[keep] == k
         row = {}
         for axes, whiten in (("raw axes", False), ("whitened axes", True)):
-            row[axes] = weight_ratio(fit_density(m, DebiasConfig(whiten=whiten)).weights(m), is_min)
+            row[axes] = weight_ratio(LatentDensity.from_config(m, DebiasConfig(whiten=whiten)).weights(m), is_min)
         result["classes"][name] = row
         print(f"{k} {name}: {row}", flush=True)
     ratios = np.array([[r["raw axes"], r["whitened axes"]] for r in result["classes"].values()])

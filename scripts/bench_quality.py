@@ -35,23 +35,21 @@ from pathlib import Path
 import numpy as np
 
 from detector.bench.results import stamp
+from detector.calibrate import calibrate_bundle
 from detector.config import DebiasConfig, ModelConfig, Settings
 from detector.data import load_spec, ood_suite
 from detector.data.batches import load_tensor
 from detector.data.builtin import FASHION_MNIST_CLASSES
+from detector.data.splits import split
 from detector.model.bundle import load_bundle, save_bundle
 from detector.model.device import resolve_device
 from detector.model.vae import VAE
-from detector.scoring.metrics import auroc
+from detector.scoring.detection_metrics import auroc
+from detector.scoring.latent import fit_latent_density
 from detector.scoring.novelty import NoveltyFusion
 from detector.scoring.scorer import Scorer
 from detector.scoring.scores import DIAGNOSTICS
-from detector.training.pipeline import (
-    calibrate_bundle,
-    fit_latent_density,
-    split,
-    train_bundle,
-)
+from detector.training.pipeline import train_bundle
 
 ROOT = Path(__file__).resolve().parent.parent
 

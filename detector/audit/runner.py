@@ -9,38 +9,30 @@ from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from detector.audit import chunks
 from detector.audit.report import write_report
 from detector.audit.stats import AuditStats
 from detector.data import load_spec
+from detector.data.splits import fingerprint
+from detector.distributed import DistContext
 from detector.errors import InvalidInput
 from detector.progress import progress as progress_bar
 from detector.scoring.scorer import Scorer, ScoreResult, check_diagnostics
 from detector.scoring.table import TableWriter, result_columns
-from detector.training.pipeline import fingerprint
-
-
-def _distributed():
-    """(rank, world size, torch.distributed or None); torchrun sets RANK and WORLD_SIZE."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return 0, 1, None
-    import torch
-    import torch.distributed as dist
-
-    if not dist.is_initialized():
-        dist.init_process_group("gloo")  # only barriers cross processes: gloo works for CPU and CUDA ranks
-    if torch.cuda.is_available():
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    return dist.get_rank(), dist.get_world_size(), dist
 
 
 def run_audit(bundle: Path, spec: str, out: Path, chunk_size: int = 8192, batch_size: int = 1024,
               device: str = "auto", table_format: str = "parquet", progress: bool = True, diagnostics=()) -> dict:
     if table_format not in ("parquet", "csv"):
         raise InvalidInput(f"table format must be parquet or csv, got '{table_format}'")
-    rank, world, dist = _distributed()
+    # Under torchrun each rank scores every world-th chunk; the process group only carries barriers (gloo, whatever
+    # the device), and each rank scores on its own GPU.
+    dist = DistContext.from_env(torch.device("cpu"))
+    if dist.enabled and torch.cuda.is_available():
+        torch.cuda.set_device(dist.local_rank)
+    rank, world = dist.rank, dist.world
     scorer = Scorer.from_path(bundle, device=device)
     samples = load_spec(spec)
     scorer.check_compatible(samples)
@@ -49,8 +41,7 @@ def run_audit(bundle: Path, spec: str, out: Path, chunk_size: int = 8192, batch_
                             diagnostics)
     if rank == 0:
         chunks.prepare(out, plan)
-    if dist is not None:
-        dist.barrier()
+    dist.barrier()
     mine = [i for i in range(rank, plan.n_chunks, world) if not chunks.is_done(out, i)]
     todo = sum(plan.chunk_range(i)[1] - plan.chunk_range(i)[0] for i in mine)
     labels = samples.labels
@@ -58,19 +49,13 @@ def run_audit(bundle: Path, spec: str, out: Path, chunk_size: int = 8192, batch_
                       leave=True) as bar:
         for i in mine:
             start, stop = plan.chunk_range(i)
-            parts = []
-            for b in range(start, stop, batch_size):
-                raw = samples.read(b, min(b + batch_size, stop))
-                parts.append(scorer.score(raw, diagnostics))
-                bar.update(len(raw))
+            parts = [scorer.score(raw, diagnostics) for _, raw in samples.chunks(batch_size, start, stop, bar)]
             chunks.write_chunk(out, i, start, ScoreResult.concat(parts), None if labels is None else labels[start:stop])
             samples.release_pages()
-    if dist is not None:
-        dist.barrier()
+    dist.barrier()
     summary = merge(out, plan, scorer, samples, table_format) if rank == 0 else {}
-    if dist is not None:
-        dist.barrier()
-        dist.destroy_process_group()
+    dist.barrier()
+    dist.close()
     return summary
 
 

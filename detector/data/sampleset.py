@@ -94,10 +94,17 @@ class SampleSet:
         if mm is not None and hasattr(mmap, "MADV_DONTNEED"):
             mm.madvise(mmap.MADV_DONTNEED)
 
-    def chunks(self, size: int) -> Iterator[tuple[int, np.ndarray]]:
-        """(start, raw batch) over the whole selection, ``size`` rows at a time."""
-        for start in range(0, len(self), size):
-            yield start, self.read(start, min(start + size, len(self)))
+    def chunks(self, size: int, start: int = 0, stop: int | None = None,
+               bar=None) -> Iterator[tuple[int, np.ndarray]]:
+        """(start, raw batch) over rows ``start``..``stop`` (default: all), ``size`` rows at a time: the one walk
+        over a data set that training, scoring, audits and the remote client share. ``bar`` (detector.progress):
+        advanced by each batch once the caller is done with it."""
+        stop = len(self) if stop is None else stop
+        for first in range(start, stop, size):
+            raw = self.read(first, min(first + size, stop))
+            yield first, raw
+            if bar is not None:
+                bar.update(len(raw))
 
 
 def to_model_space(raw: np.ndarray) -> np.ndarray:

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from detector.config import DebiasConfig
 from detector.model.device import numpy_or_tensor, on_device
 
 COMBINES = ("product", "max")
@@ -62,6 +63,12 @@ class LatentDensity:
         flag = float(np.quantile(log_w - shift, 1.0 - rare_fraction))
         log_normalizer = mean_log + shift
         return cls(edges, density, alpha, combine, log_normalizer, flag, center, transform, log_cap)
+
+    @classmethod
+    def from_config(cls, latent_means: np.ndarray, debias: DebiasConfig) -> "LatentDensity":
+        """Fitted with the ``[debias]`` settings."""
+        return cls.fit(latent_means, debias.bins, debias.alpha, debias.combine, debias.rare_fraction, debias.whiten,
+                       debias.max_draw_ratio)
 
     @numpy_or_tensor
     def _raw_log_weights(self, mus: torch.Tensor) -> torch.Tensor:

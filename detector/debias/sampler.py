@@ -10,23 +10,9 @@ import torch
 
 from detector.config import DebiasConfig
 from detector.debias.density import LatentDensity
+from detector.distributed import DistContext
 from detector.model.vae import VAE
-from detector.data.batches import sequential_batches
-from detector.training.distributed import DistContext
-
-
-def latent_means_of(model: VAE, data: torch.Tensor, device: torch.device, batch_size: int = 1024) -> np.ndarray:
-    was_training = model.training
-    model.eval()
-    with torch.inference_mode():
-        mus = [model.encode(x)[0].float().cpu() for x in sequential_batches(data, batch_size, device)]
-    model.train(was_training)
-    return torch.cat(mus).numpy()
-
-
-def fit_density(mus: np.ndarray, debias: DebiasConfig) -> LatentDensity:
-    return LatentDensity.fit(mus, debias.bins, debias.alpha, debias.combine, debias.rare_fraction, debias.whiten,
-                             debias.max_draw_ratio)
+from detector.scoring.latent import latent_means_of
 
 
 def debias_weights_fn(data: torch.Tensor, debias: DebiasConfig) -> Callable[[VAE, DistContext], torch.Tensor]:
@@ -37,6 +23,6 @@ def debias_weights_fn(data: torch.Tensor, debias: DebiasConfig) -> Callable[[VAE
         device = next(model.parameters()).device
         local = torch.from_numpy(latent_means_of(model, dist.stride(data), device)).to(device)
         mus = dist.gather_strided(local, data.shape[0]).cpu().numpy()
-        return torch.from_numpy(fit_density(mus, debias).weights(mus).astype(np.float64))
+        return torch.from_numpy(LatentDensity.from_config(mus, debias).weights(mus).astype(np.float64))
 
     return weights

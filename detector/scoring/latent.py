@@ -16,6 +16,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from detector.config import DebiasConfig
+from detector.data.batches import sequential_batches
+from detector.debias.density import LatentDensity
+from detector.model.vae import VAE
+
 # Neighbours averaged. 2 since the reference shrank to 4,096 points: at 5, the far-OOD suite's sketches were
 # caught 0.88 of the time at the 1% threshold, at 2 0.90 (1 to 20 were within 0.001 one-class AUROC); bundles
 # written before keep 5 (README, "Scores").
@@ -25,6 +30,27 @@ KNN_MAX_REFERENCE = 4096  # training latents kept for the k-NN: its cost grows w
 # on-device score: a quarter of the Scorer's time; bundles written then keep theirs)
 KNN_CANDIDATES = 16  # nearest by the fast matrix-product distance, then measured exactly
 _MAX_DISTANCES = 1 << 22  # query x reference distances held at once (16 MB of float32)
+
+
+def latent_means_of(model: VAE, data: torch.Tensor, device: torch.device, batch_size: int = 1024) -> np.ndarray:
+    """The encoder's posterior means of ``data``, (N, Z) float32, in eval mode (the model's mode is restored)."""
+    was_training = model.training
+    model.eval()
+    with torch.inference_mode():
+        mus = [model.encode(x)[0].float().cpu() for x in sequential_batches(data, batch_size, device)]
+    model.train(was_training)
+    return torch.cat(mus).numpy()
+
+
+def fit_latent_density(model: VAE, data: torch.Tensor, device: torch.device, debias: DebiasConfig) -> dict:
+    """From the training set's encoder means: a Gaussian (latent_distance), the whitened means
+    themselves (latent_knn) and DB-VAE's per-dimension histograms (resampling weights)."""
+    mus = torch.from_numpy(latent_means_of(model, data, device)).double()
+    cov = torch.cov(mus.T) + 1e-6 * torch.eye(mus.shape[1], dtype=torch.float64)
+    hist = LatentDensity.from_config(mus.numpy(), debias)
+    mean, precision = mus.mean(0).numpy(), torch.linalg.inv(cov).numpy()
+    return {"latent_mean": mean, "latent_precision": precision,
+            "knn_reference": knn_reference(mus.numpy(), mean, precision), **hist.to_arrays()}
 
 
 def whitening(precision: np.ndarray) -> np.ndarray:

@@ -13,7 +13,7 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
-from detector.config import ModelConfig
+from detector.config import ModelConfig, ScoreConfig
 from detector.data.sampleset import SampleSet, to_model_space
 from detector.debias.density import LatentDensity
 from detector.errors import ConfigError, InvalidInput, ModelNotReady
@@ -34,6 +34,16 @@ PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 # Scores that get a threshold and p-values (the diagnostics among them only when asked for); neg_elbo_bpd is
 # neg_elbo rescaled, the rest are diagnostics and the novelty score's statistics.
 CALIBRATED = ("novelty", "neg_elbo", "iw_nll", "recon_error", "latent_distance", "complexity_corrected")
+
+
+NOISE_SEED = 1234  # the fixed noise of the ELBO's samples: a sample scores the same in any batch
+
+
+def score_settings(cfg: ScoreConfig) -> dict:
+    """The bundle's "score" section: how the Scorer computes each score."""
+    return {"elbo_samples": cfg.elbo_samples, "transform_views": cfg.transform_views, "knn_k": cfg.knn_k,
+            "iw_samples": cfg.iw_samples,
+            "iw_chunk": cfg.iw_chunk, "noise_seed": NOISE_SEED}
 
 
 def calibrated_scores(kind: str) -> tuple[str, ...]:
@@ -251,9 +261,8 @@ class Scorer:
     def iter_results(self, samples: SampleSet, batch_size: int = 1024, progress: bool = True,
                      desc: str = "scoring", diagnostics=(), maps: bool = False) -> Iterator[tuple[int, ScoreResult]]:
         with progress_bar(len(samples), desc, enabled=progress) as bar:
-            for start, raw in samples.chunks(batch_size):
+            for start, raw in samples.chunks(batch_size, bar=bar):
                 yield start, self.score(raw, diagnostics, maps)
-                bar.update(len(raw))
 
     def score_samples(self, samples: SampleSet, batch_size: int = 1024, progress: bool = True,
                       diagnostics=(), on_maps: Callable[[int, np.ndarray], None] | None = None) -> ScoreResult:

@@ -17,7 +17,7 @@ from detector.data.batches import sequential_batches, shuffled_batches
 from detector.model.vae import VAE
 from detector.progress import progress as progress_bar
 from detector.training.checkpoint import load_checkpoint, save_checkpoint
-from detector.training.distributed import DistContext
+from detector.distributed import DistContext
 
 
 @dataclass

@@ -37,7 +37,7 @@ def _gather_worker(rank: int, world: int, init_file: str, n: int, out_dir: str) 
     import torch
     import torch.distributed as dist
 
-    from detector.training.distributed import DistContext
+    from detector.distributed import DistContext
 
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     ctx = DistContext(rank, world)

@@ -11,11 +11,12 @@ import sys
 import numpy as np
 import pytest
 
+from detector.calibrate import raw_columns
+from detector.data.splits import split
 from detector.data.synthetic import bars
 from detector.model.bundle import load_bundle, save_bundle
 from detector.scoring.novelty import Component, NoveltyFusion
 from detector.scoring.scorer import Scorer
-from detector.training.pipeline import _raw, split
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +31,7 @@ def legacy_bundle(tmp_path_factory, bundle_path, data_dir):
     bundle.config["score"] = {"iw_samples": 8, "iw_chunk": 4096, "noise_seed": 1234}
     cfg = bundle.config["train"]
     val = split(load_spec(str(data_dir / "normal.npz")), cfg["val_fraction"], cfg["cal_fraction"], cfg["seed"]).val
-    raw = _raw(Scorer(bundle, device="cpu"), val, 256, False, "")
+    raw = raw_columns(Scorer(bundle, device="cpu"), val, 256, False, "")
     components = (Component("complexity_corrected", False, False), Component("recon_error", False, True, True),
                   Component("latent_knn", False, True), Component("transform_nll", False, True, True))
     bundle.calibration["fusion"] = NoveltyFusion.fit(raw, components, "sum").to_json()

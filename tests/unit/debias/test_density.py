@@ -28,10 +28,9 @@ def test_rare_mode_gets_larger_weights_and_flags(combine, whiten):
 
 def test_config_reaches_the_density():
     from detector.config import DebiasConfig
-    from detector.debias.sampler import fit_density
 
     mus, _ = toy(2000)
-    d = fit_density(mus, DebiasConfig(bins=7, whiten=False, max_draw_ratio=4.0))
+    d = LatentDensity.from_config(mus, DebiasConfig(bins=7, whiten=False, max_draw_ratio=4.0))
     assert d.edges.shape == (4, 8) and d.center is None and d.log_cap == pytest.approx(np.log(4.0))
 
 

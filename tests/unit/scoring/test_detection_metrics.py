@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from detector.scoring.metrics import auprc, auroc, fpr_at_tpr
+from detector.scoring.detection_metrics import auprc, auroc, fpr_at_tpr
 
 
 def test_auroc_perfect_reversed_and_ties():

@@ -1,4 +1,4 @@
-"""torchrun / DDP context: gloo on CPU, NCCL on CUDA; rank 0 is the one that writes."""
+"""torchrun context for training (DDP) and audits: gloo on CPU, NCCL on CUDA; rank 0 is the one that writes."""
 
 from __future__ import annotations
 
@@ -71,6 +71,13 @@ class DistContext:
 
         ids = [self.local_rank] if next(model.parameters()).is_cuda else None
         return DistributedDataParallel(model, device_ids=ids)
+
+    def barrier(self) -> None:
+        """Wait for every rank (nothing to wait for in a single process)."""
+        if self.enabled:
+            import torch.distributed as dist
+
+            dist.barrier()
 
     def close(self) -> None:
         if self.enabled:

@@ -1,0 +1,40 @@
+"""Seeded train / validation / calibration splits of a data set, and a cheap fingerprint that recognises it."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+
+from detector.data.sampleset import SampleSet
+from detector.errors import DataError
+
+MIN_SAMPLES = 50
+
+
+@dataclass
+class Splits:
+    train: SampleSet
+    val: SampleSet
+    cal: SampleSet
+
+
+def split(samples: SampleSet, val_fraction: float, cal_fraction: float, seed: int) -> Splits:
+    """Seeded disjoint train / validation / calibration splits."""
+    n = len(samples)
+    if n < MIN_SAMPLES:
+        raise DataError(f"{samples.name}: {n} samples; training needs at least {MIN_SAMPLES}")
+    perm = np.random.default_rng(seed).permutation(n)
+    n_val, n_cal = max(1, int(n * val_fraction)), max(1, int(n * cal_fraction))
+    return Splits(samples.take(np.sort(perm[n_val + n_cal :])), samples.take(np.sort(perm[:n_val])),
+                  samples.take(np.sort(perm[n_val : n_val + n_cal])))
+
+
+def fingerprint(samples: SampleSet) -> str:
+    """Cheap identity of a dataset: name, size, shape and a strided content hash."""
+    h = hashlib.sha256(f"{samples.name}|{len(samples)}|{samples.sample_shape}".encode())
+    step = max(1, len(samples) // 256)
+    for i in range(0, len(samples), step):
+        h.update(np.ascontiguousarray(samples.read(i, i + 1)).tobytes())
+    return h.hexdigest()[:16]
