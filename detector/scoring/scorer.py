@@ -115,6 +115,33 @@ class ScoreResult:
                            arr("resample_weight"), arr("resample"), arr("anomaly_maps"))
 
 
+_CHECKED = object()  # only Scorer.check makes a CheckedBatch
+
+
+class CheckedBatch:
+    """Samples that passed ``Scorer.check``. Slices and joins of checked batches stay checked."""
+
+    __slots__ = ("samples",)
+
+    def __init__(self, samples: np.ndarray, token: object):
+        if token is not _CHECKED:
+            raise TypeError("a CheckedBatch comes from Scorer.check")
+        self.samples = samples
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, rows: slice) -> "CheckedBatch":
+        return CheckedBatch(self.samples[rows], _CHECKED)
+
+    @staticmethod
+    def join(parts: list["CheckedBatch"]) -> "CheckedBatch":
+        """One batch of several requests' checked samples (one copy; none for a single part)."""
+        if len(parts) == 1:
+            return parts[0]
+        return CheckedBatch(np.concatenate([p.samples for p in parts]), _CHECKED)
+
+
 class Scorer:
     def __init__(self, bundle: Bundle, device: str = "auto", iw_samples: int | None = None, chunk: int | None = None,
                  precision: str = "fp32"):
@@ -169,16 +196,20 @@ class Scorer:
     def input_dtype(self) -> str:
         return self.bundle.config["data"].get("storage_dtype", "float32")
 
-    def check_batch(self, batch: np.ndarray) -> None:
-        """Raise InvalidInput unless ``batch`` is (B, *sample_shape) of finite model-space values."""
+    def check(self, batch: np.ndarray) -> CheckedBatch:
+        """The one check of samples before scoring: (B >= 1, *sample_shape) of finite model-space values, else
+        InvalidInput saying what is wrong."""
         if batch.ndim < 1 or tuple(batch.shape[1:]) != self.sample_shape:
             raise InvalidInput(f"samples must have shape [N, {', '.join(map(str, self.sample_shape))}], "
                                f"got {list(batch.shape)}")
+        if batch.shape[0] == 0:
+            raise InvalidInput("empty batch")
         if batch.dtype != np.uint8:
             if not np.isfinite(batch).all():
                 raise InvalidInput("samples contain NaN or Inf")
             if self.kind == "image" and (batch.min(initial=0.0) < 0.0 or batch.max(initial=0.0) > 1.0):
                 raise InvalidInput("float image samples must lie within 0..1 (send UINT8 for 0..255 pixels)")
+        return CheckedBatch(batch, _CHECKED)
 
     def _to_device(self, batch: np.ndarray) -> torch.Tensor:
         x = np.ascontiguousarray(to_model_space(batch))
@@ -215,14 +246,6 @@ class Scorer:
         mu = raw.pop("latent_mean_")
         return {k: v.cpu().numpy() for k, v in raw.items()}, mu.cpu().numpy()
 
-    def score(self, batch: np.ndarray, diagnostics=(), maps: bool = False) -> ScoreResult:
-        """Every default score, verdict and p-value for a batch, checked first; ``diagnostics`` names the
-        costlier ones to add (``DIAGNOSTICS``); ``maps``: per-pixel anomaly maps too (image models)."""
-        self.check_batch(batch)
-        if batch.shape[0] == 0:
-            raise InvalidInput("empty batch")
-        return self.score_checked(batch, diagnostics, maps)
-
     def check_maps(self) -> MapScale:
         """The map standardisation, or why this model gives no maps."""
         if self.kind != "image":
@@ -235,10 +258,12 @@ class Scorer:
         scale = self.check_maps()
         return scale.apply(raw_maps(self.model, self._to_device(batch) if x is None else x)).cpu().numpy()
 
-    def score_checked(self, batch: np.ndarray, diagnostics=(), maps: bool = False) -> ScoreResult:
-        """``score`` for a non-empty batch that already passed ``check_batch`` (the server checks each
-        request before batching, so the batch is not checked twice on the hot path). Everything is computed on
-        the scoring device; the results cross to the host once, at the end."""
+    def score(self, batch: np.ndarray | CheckedBatch, diagnostics=(), maps: bool = False) -> ScoreResult:
+        """Every default score, verdict and p-value for a batch; ``diagnostics`` names the costlier ones to add
+        (``DIAGNOSTICS``); ``maps``: per-pixel anomaly maps too (image models). A batch that is not a CheckedBatch
+        is checked first (the server checks each request on arrival, so a batch of them is not checked twice).
+        Everything is computed on the scoring device; the results cross to the host once, at the end."""
+        batch = batch.samples if isinstance(batch, CheckedBatch) else self.check(batch).samples
         if self.fusion is None or not self.calibration:
             raise ModelNotReady("bundle is not calibrated: run 'detector calibrate'")
         x = self._to_device(batch)  # once, for the scores and the maps

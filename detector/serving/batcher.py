@@ -132,11 +132,14 @@ class AdmissionMargin:
 
 
 class DynamicBatcher:
-    def __init__(self, score_batch: Callable[[object, np.ndarray], object], split: Callable[[object, list[int]], list],
+    def __init__(self, score_batch: Callable[[object, object], object], split: Callable[[object, list[int]], list],
                  max_batch_samples: int = 256, max_delay_s: float = 0.002, max_queue_samples: int = 8192,
-                 observer: BatchObserver | None = None, enabled: bool = True, max_queue_wait_s: float | None = None):
+                 observer: BatchObserver | None = None, enabled: bool = True, max_queue_wait_s: float | None = None,
+                 join: Callable[[list], object] = lambda parts: np.concatenate(parts) if len(parts) > 1 else parts[0]
+                 ):
         self._score_batch = score_batch
         self._split = split
+        self._join = join  # the requests' samples -> one batch (np.concatenate for arrays)
         self.max_batch_samples = max_batch_samples
         self.max_delay_s = max_delay_s
         self.max_queue_samples = max_queue_samples
@@ -294,7 +297,7 @@ class DynamicBatcher:
                 for item in batch:
                     self._observer.queue_waited(started - item.enqueued)
             sizes = [len(item.samples) for item in batch]
-            samples = batch[0].samples if len(batch) == 1 else np.concatenate([item.samples for item in batch])
+            samples = self._join([item.samples for item in batch])
             self._in_flight += 1
             self._busy = (len(samples), started)
             try:

@@ -14,7 +14,7 @@ import torch
 from detector.config import ServeConfig
 from detector.data.layout import to_channels_first
 from detector.errors import BundleError, InvalidInput, ModelNotReady, Overloaded
-from detector.scoring.scorer import PRIMARY, ScoreResult, Scorer, check_diagnostics
+from detector.scoring.scorer import PRIMARY, CheckedBatch, ScoreResult, Scorer, check_diagnostics
 from detector.scoring.scores import DIAGNOSTICS
 from detector.serving.batcher import DynamicBatcher
 from detector.serving.metrics import ServerMetrics
@@ -34,7 +34,7 @@ class ScoringService:
         wait = cfg.max_queue_wait_ms / 1000 if cfg.max_queue_wait_ms else None
         self.batcher = DynamicBatcher(score_batch, ScoreResult.split, cfg.max_batch_samples, cfg.max_delay_ms / 1000,
                                       cfg.max_queue_samples, observer=metrics, enabled=cfg.batching,
-                                      max_queue_wait_s=wait)
+                                      max_queue_wait_s=wait, join=CheckedBatch.join)
         self._reload_lock = asyncio.Lock()
         metrics.bind_live(self.live)
 
@@ -98,9 +98,9 @@ class ScoringService:
             "ready": self.ready,
         }
 
-    def check(self, samples: np.ndarray, n_ids: int, layout: str = "NCHW") -> np.ndarray:
-        """Every check a request must pass before it may join a batch; the samples in the model's channels-first
-        order (a view)."""
+    def check(self, samples: np.ndarray, n_ids: int, layout: str = "NCHW") -> CheckedBatch:
+        """Every check a request must pass before it may join a batch (the request's own, then the Scorer's one
+        check of samples); the samples in the model's channels-first order (a view)."""
         if samples.ndim == 0 or samples.shape[0] == 0:
             raise InvalidInput("empty request: samples must hold at least one sample")
         if samples.shape[0] > self.cfg.max_request_samples:
@@ -109,9 +109,7 @@ class ScoringService:
             raise InvalidInput(f"{n_ids} sample_ids for {samples.shape[0]} samples: give none or one per sample")
         if samples.dtype == np.uint8 and self.scorer.kind != "image":
             raise InvalidInput("UINT8 is for image pixels; this model scores feature vectors: send FLOAT32")
-        samples = to_channels_first(samples, layout, self.scorer.sample_shape)
-        self.scorer.check_batch(samples)
-        return samples
+        return self.scorer.check(to_channels_first(samples, layout, self.scorer.sample_shape))
 
     async def score(self, samples: np.ndarray, n_ids: int = 0, deadline: float | None = None,
                     diagnostics=(), layout: str = "NCHW", maps: bool = False) -> tuple[str, ScoreResult]:
@@ -135,12 +133,12 @@ class ScoringService:
         await self.batcher.drain()
 
 
-def score_batch(key: tuple[Scorer, frozenset[str], bool], samples: np.ndarray) -> ScoreResult:
+def score_batch(key: tuple[Scorer, frozenset[str], bool], samples: CheckedBatch | np.ndarray) -> ScoreResult:
     """One forward pass of ``key``'s scorer with its diagnostics (and maps); out of device memory, retry in halves
     (scores do not depend on the batch)."""
     scorer, diagnostics, maps = key
     try:
-        return scorer.score_checked(samples, diagnostics, maps)
+        return scorer.score(samples, diagnostics, maps)
     except torch.OutOfMemoryError:
         if scorer.device.type == "cuda":
             torch.cuda.empty_cache()

@@ -76,21 +76,21 @@ def test_forward_pass_that_raises_fails_only_its_batch(scorer):
 
 def test_out_of_memory_batches_are_scored_in_halves(scorer, monkeypatch):
     limit = 4
-    original = Scorer.score_checked
+    original = Scorer.score
 
-    def small_device(self, batch, diagnostics=(), maps=False):
+    def small_device(self, batch, diagnostics=(), maps=False):  # Scorer.score on a device that holds few samples
         if len(batch) > limit:
             raise torch.OutOfMemoryError("simulated: CUDA out of memory")
         return original(self, batch, diagnostics, maps)
 
-    monkeypatch.setattr(Scorer, "score_checked", small_device)
+    monkeypatch.setattr(Scorer, "score", small_device)
     x = bars(11, size=16, seed=5)
     split = score_batch((scorer, frozenset(), False), x)
-    monkeypatch.setattr(Scorer, "score_checked", original)
+    monkeypatch.setattr(Scorer, "score", original)
     np.testing.assert_allclose(split.scores["novelty"], scorer.score(x).scores["novelty"], **NOVELTY_TOLERANCE)
 
     with ServerThread(scorer, max_delay_ms=0) as s:
-        monkeypatch.setattr(Scorer, "score_checked", small_device)
+        monkeypatch.setattr(Scorer, "score", small_device)
         limit = 0  # not even one sample fits: the request is refused as retryable, the server goes on
         assert code_of(lambda: stub(s.target).Score(request(3), timeout=10)) == grpc.StatusCode.RESOURCE_EXHAUSTED
         limit = 4

@@ -44,7 +44,7 @@ def test_a_request_that_cannot_be_scored_is_refused_with_what_is_wrong(scorer, s
 
 def test_check_hands_back_the_samples_channels_first_without_copying(scorer):
     x = np.ascontiguousarray(bars(3, size=16)[:, 0, :, :, None])  # (3, 16, 16, 1): channels-last
-    checked = service(scorer).check(x, 3, "NHWC")
+    checked = service(scorer).check(x, 3, "NHWC").samples
     assert checked.shape == (3, 1, 16, 16) and np.shares_memory(checked, x)
 
 
