@@ -1,6 +1,5 @@
 import numpy as np
 import pytest
-
 import torch
 
 from detector.scoring.novelty import Component, NoveltyFusion, Statistic, default_fusion
