@@ -183,19 +183,16 @@ def _add_diagnostics(p: argparse.ArgumentParser) -> None:
 
 def _health(args: argparse.Namespace) -> int:
     import grpc
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    from detector.client import open_channel
+    from detector.client import health_status, open_channel
 
     security = _client_security(args)
     with open_channel(args.target, security["credentials"]) as channel:
         try:
-            reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=args.service),
-                                                              timeout=args.timeout, metadata=security["metadata"])
+            status = health_status(channel, args.service, args.timeout, security["metadata"])
         except grpc.RpcError as exc:
             print(f"{args.target}: {exc.code().name}", file=sys.stderr)
             return 1
-    status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
     print(f"{args.target} {args.service or '(server)'}: {status}")
     return 0 if status == "SERVING" else 1
 

@@ -57,6 +57,16 @@ def open_channel(target: str, credentials: grpc.ChannelCredentials | None = None
             else grpc.insecure_channel(target, options))
 
 
+def health_status(channel: grpc.Channel, service: str = "", timeout: float = 5.0, metadata=()) -> str:
+    """The server's grpc.health.v1 status of ``service`` ("" for the whole server) by name, e.g. "SERVING";
+    grpc.RpcError when it cannot be asked."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout,
+                                                      metadata=metadata)
+    return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+
+
 def _result(response: pb.ScoreResponse) -> RemoteResult:
     return RemoteResult(response.request_id, response.model_version, response_to_columns(response))
 

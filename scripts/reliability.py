@@ -25,7 +25,6 @@ import json
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import threading
@@ -34,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
+from detector.bench.certs import make_cert
 from detector.bench.loadgen import bench_samples, load
 from detector.bench.results import stamp
 from detector.serving.grpc.converters import score_request
@@ -390,10 +390,8 @@ def auth(args) -> dict:
     from detector.client import DetectorClient
 
     work = Path(tempfile.mkdtemp())
-    for name in ("ca", "server"):
-        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", work / f"{name}.key",
-                        "-out", work / f"{name}.crt", "-days", "1", "-subj", f"/CN={name}", "-addext",
-                        "subjectAltName=IP:127.0.0.1,DNS:localhost"], check=True, capture_output=True)
+    for name in ("ca", "server"):  # two self-signed certificates: the server's, and one it was not signed by
+        make_cert(work, name)
     (work / "token").write_text("s3cret-token\n")
     x = bench_samples(args.bundle, 4)
     trusted = grpc.ssl_channel_credentials((work / "server.crt").read_bytes())

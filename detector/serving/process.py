@@ -76,14 +76,14 @@ class ServeProcess:
 
     def serving(self) -> bool:
         import grpc
-        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        from detector.client import health_status
 
         with grpc.insecure_channel(self.target) as channel:
             try:
-                reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+                return health_status(channel) == "SERVING"
             except grpc.RpcError:
                 return False
-        return reply.status == health_pb2.HealthCheckResponse.SERVING
 
     def signal(self, sig: int) -> None:
         self.proc.send_signal(sig)

@@ -8,6 +8,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from detector.bench.certs import make_cert
 from detector.client import DetectorClient
 from detector.data.synthetic import bars
 from detector.errors import ConfigError
@@ -18,24 +19,6 @@ from tests.integration.serving_helpers import ServerThread
 @pytest.fixture(scope="module")
 def scorer(bundle_path):
     return Scorer.from_path(bundle_path, device="cpu")
-
-
-def make_cert(folder, name, ca=None):
-    """A key and certificate for 127.0.0.1 / localhost; self-signed, or signed by ``ca`` (name)."""
-    key, crt = folder / f"{name}.key", folder / f"{name}.crt"
-    subj = ["-subj", f"/CN={name}"]
-    san = ["-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"]
-    if ca is None:
-        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", crt,
-                        "-days", "1", *subj, *san], check=True, capture_output=True)
-    else:
-        csr = folder / f"{name}.csr"
-        subprocess.run(["openssl", "req", "-new", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", csr,
-                        *subj], check=True, capture_output=True)
-        subprocess.run(["openssl", "x509", "-req", "-in", csr, "-CA", folder / f"{ca}.crt", "-CAkey",
-                        folder / f"{ca}.key", "-CAcreateserial", "-out", crt, "-days", "1"], check=True,
-                       capture_output=True)
-    return key, crt
 
 
 def test_bearer_token(scorer):
