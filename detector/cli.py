@@ -228,7 +228,9 @@ def _client_security(args: argparse.Namespace) -> dict:
             "metadata": (("authorization", f"Bearer {token}"),) if token else ()}
 
 
-def _serve(args: argparse.Namespace) -> int:
+def serve(args: argparse.Namespace, wrap=None) -> int:
+    """`detector serve`; ``wrap`` (benchmarks: a no-op scorer for the transport ceiling) replaces the Scorer with
+    wrap(scorer), the rest of the server unchanged."""
     import asyncio
     import logging
 
@@ -246,6 +248,8 @@ def _serve(args: argparse.Namespace) -> int:
                       tls_cert=args.tls_cert, tls_key=args.tls_key, tls_client_ca=args.tls_client_ca,
                       auth_token=_auth_token(args))
     scorer = Scorer.from_path(args.model, device=args.device, precision=args.precision)
+    if wrap is not None:
+        scorer = wrap(scorer)
     try:
         asyncio.run(serve_forever(scorer, cfg, args.model, args.ready_file))
     except OSError as exc:
@@ -340,7 +344,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": _train, "calibrate": _calibrate, "score": _score, "evaluate": _evaluate, "serve": _serve, "audit": _audit, "health": _health}
+COMMANDS = {"train": _train, "calibrate": _calibrate, "score": _score, "evaluate": _evaluate, "serve": serve, "audit": _audit, "health": _health}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from bench_serve import Server
+from bench_serve import server
 
 from detector.bench.loadgen import load
 from detector.bench.results import stamp, write_results
@@ -88,7 +88,7 @@ def scoring(bundle: Path, x: np.ndarray, device: str) -> dict:
 def serving(bundle: Path, x: np.ndarray, device: str, seconds: float) -> dict:
     out = {}
     for precision in PRECISIONS if device == "cuda" else ("fp32",):
-        with Server(bundle, precision=precision) as s:
+        with server(bundle, precision=precision, device=device) as s:
             out[precision] = load(s.target, x, seconds, 64, 8)
         print(f"  (d) {precision}, 8 clients x 64: {out[precision]['samples_per_s']:.0f} samples/s, "
               f"p99 {out[precision]['p99_ms']:.1f} ms, errors {out[precision]['errors']}", flush=True)

@@ -21,12 +21,8 @@ Load targets loopback only and stops by itself.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
-import os
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -34,28 +30,26 @@ import numpy as np
 
 from detector.bench.loadgen import bench_samples, load
 from detector.bench.results import stamp, write_results
+from detector.serving.process import ServeProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 
 # ---------------------------------------------------------------- server side
-def run_server(bundle: str, port_file: str, noop: bool, batching: bool, max_batch: int, max_delay_ms: float,
-               precision: str = "fp32") -> None:
-    from detector.config import ServeConfig
-    from detector.scoring.scorer import Scorer
-    from detector.serving.grpc.server import start_server
+def server(bundle, noop: bool = False, batching: bool = True, max_batch: int = 256, max_delay_ms: float = 2.0,
+           precision: str = "fp32", device: str = "auto") -> ServeProcess:
+    """`detector serve` with the bench's settings (a queue long enough never to refuse on its own); ``noop``: the
+    same server with a scorer that does no work (this script's noop-server role), for the transport ceiling."""
+    flags = ["--max-batch-samples", str(max_batch), "--max-delay-ms", str(max_delay_ms), "--max-queue-samples",
+             str(1 << 20), "--precision", precision, *([] if batching else ["--no-batching"])]
+    command = [sys.executable, __file__, "--role", "noop-server"] if noop else ()
+    return ServeProcess(bundle, *flags, device=device, command=command)
 
-    scorer = Scorer.from_path(bundle, precision=precision)
-    if noop:
-        scorer = NoopScorer(scorer)
-    cfg = ServeConfig(port=0, metrics_port=-1, max_batch_samples=max_batch, max_delay_ms=max_delay_ms,
-                      batching=batching, max_queue_samples=1 << 20)
 
-    async def main():
-        running = await start_server(scorer, cfg)
-        Path(port_file).write_text(str(running.port))
-        await asyncio.Event().wait()
+def run_noop_server(argv: list[str]) -> None:
+    """`detector serve` ARGV, its Scorer replaced by NoopScorer."""
+    from detector.cli import build_parser, serve
 
-    asyncio.run(main())
+    serve(build_parser().parse_args(["serve", *argv]), wrap=NoopScorer)
 
 
 class NoopScorer:
@@ -74,28 +68,6 @@ class NoopScorer:
         return self._result.slice(0, len(batch))
 
 
-class Server:
-    def __init__(self, bundle, noop=False, batching=True, max_batch=256, max_delay_ms=2.0, precision="fp32"):
-        self.port_file = tempfile.mktemp()
-        self.proc = subprocess.Popen([sys.executable, __file__, "--role", "server", "--bundle", str(bundle),
-                                      "--port-file", self.port_file, "--max-batch", str(max_batch),
-                                      "--max-delay-ms", str(max_delay_ms), "--precision", precision]
-                                     + (["--noop"] if noop else [])
-                                     + ([] if batching else ["--no-batching"]))
-        for _ in range(600):
-            if os.path.exists(self.port_file) and Path(self.port_file).read_text():
-                break
-            time.sleep(0.1)
-        self.target = f"127.0.0.1:{Path(self.port_file).read_text()}"
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.proc.terminate()
-        self.proc.wait(30)
-
-
 def ceiling(bundle, batch) -> tuple[float, float]:
     from detector.scoring.scorer import Scorer
 
@@ -112,23 +84,17 @@ def ceiling(bundle, batch) -> tuple[float, float]:
 
 
 def main() -> None:
+    if sys.argv[1:3] == ["--role", "noop-server"]:
+        run_noop_server(sys.argv[3:])
+        return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--role", default="bench", choices=("bench", "server"))
     parser.add_argument("--bundle", required=True)
-    parser.add_argument("--port-file")
-    parser.add_argument("--noop", action="store_true")
-    parser.add_argument("--no-batching", action="store_true")
     parser.add_argument("--max-batch", type=int, default=256)
     parser.add_argument("--max-delay-ms", type=float, default=2.0)
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--overload", action="store_true", help="(d) and (f) alone, into serving-overload.md")
-    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"), help="server role: on CUDA")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks")
     args = parser.parse_args()
-    if args.role == "server":
-        run_server(args.bundle, args.port_file, args.noop, not args.no_batching, args.max_batch, args.max_delay_ms,
-                   args.precision)
-        return
 
     samples = bench_samples(args.bundle)
     if args.overload:
@@ -144,10 +110,10 @@ def measure(args, samples) -> tuple[dict, float]:
     res["a_ceiling_samples_per_s"], batch_s = ceiling(args.bundle, args.max_batch)
     print(f"(a) in-process Scorer at batch {args.max_batch}: {res['a_ceiling_samples_per_s']:.0f} samples/s "
           f"({batch_s * 1e3:.1f} ms per batch)", flush=True)
-    with Server(args.bundle, noop=True) as s:
+    with server(args.bundle, noop=True) as s:
         res["b_transport"] = load(s.target, samples, args.seconds, 1, 64)
     print(f"(b) transport ceiling (no-op scorer, 64 clients x 1 sample): {res['b_transport']}", flush=True)
-    with Server(args.bundle, batching=True, max_delay_ms=args.max_delay_ms) as s:
+    with server(args.bundle, max_batch=args.max_batch, max_delay_ms=args.max_delay_ms) as s:
         res["c_batching_on"] = load(s.target, samples, args.seconds, 1, 64)
         print(f"(c) real server, batching on, 64 clients x 1 sample: {res['c_batching_on']}", flush=True)
         res["d_8x64"] = load(s.target, samples, args.seconds, 64, 8)
@@ -156,7 +122,7 @@ def measure(args, samples) -> tuple[dict, float]:
         res["e_half_rate"] = load(s.target, samples, args.seconds, 1, 0, rate=half)
         res["e_half_rate"]["offered_per_s"] = half
         print(f"(e) open loop at {half:.0f} req/s: {res['e_half_rate']}", flush=True)
-    with Server(args.bundle, batching=False) as s:
+    with server(args.bundle, batching=False, max_batch=args.max_batch) as s:
         res["c_batching_off"] = load(s.target, samples, args.seconds, 1, 64)
     print(f"(c) real server, batching off, 64 clients x 1 sample: {res['c_batching_off']}", flush=True)
     return res, batch_s
@@ -203,7 +169,7 @@ def write_serving(args, res: dict, batch_s: float) -> None:
 
 def overload(args, samples) -> None:
     """(d), (f) and (f') in one run, one server: admission by deadline under 20x overload."""
-    with Server(args.bundle, batching=True, max_delay_ms=args.max_delay_ms) as s:
+    with server(args.bundle, max_batch=args.max_batch, max_delay_ms=args.max_delay_ms) as s:
         d = load(s.target, samples, args.seconds, 64, 8)
         print(f"(d) 8 clients x 64 samples: {d}", flush=True)
         f = load(s.target, samples, 10.0, 64, 256, timeout=2.0, pushback=True)

@@ -74,10 +74,15 @@ class ScoringSpeed:
         latest batch's pace until the fit catches up, so admission does not let in requests that cannot finish."""
         if self._last is None:
             return 1.0
-        per_batch, per_sample = self.cost()
         n, seconds = self._last
-        predicted = per_batch + per_sample * n
+        predicted = self._judged(n)
         return max(1.0, seconds / predicted) if predicted > 0 else 1.0
+
+    def _judged(self, n_samples: int) -> float:
+        """The fitted time of a batch of ``n_samples``, but no less than a full batch's: a small batch held up by a
+        hiccup (a core taken for 50 ms) says little about how fast the queue will go, and its ratio would."""
+        per_batch, per_sample = self.cost()
+        return per_batch + per_sample * max(n_samples, self.max_batch_samples)
 
     def cost(self) -> tuple[float, float]:
         """(seconds per batch, seconds per sample); (0, 0) before any batch was scored."""
@@ -98,7 +103,7 @@ class ScoringSpeed:
         if busy_samples:
             fitted = per_batch + per_sample * busy_samples
             if fitted > 0:  # the batch running now, already slower than predicted: the queue will be too
-                pace = max(pace, busy_for / fitted)
+                pace = max(pace, busy_for / self._judged(busy_samples))
             current = max(pace * fitted - busy_for, 0.0)
         batches = -(-queued_samples // self.max_batch_samples)
         return current + pace * (batches * per_batch + queued_samples * per_sample)

@@ -13,6 +13,7 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
+from typing import Sequence
 
 
 def write_ready_file(path: Path, info: dict) -> None:
@@ -37,10 +38,12 @@ def read_ready_file(path: Path, proc: subprocess.Popen | None = None, timeout: f
 class ServeProcess:
     """`detector serve --model MODEL` on free loopback ports (``extra``: more flags); stdout kept, stderr in a file."""
 
-    def __init__(self, model: Path | str, *extra: str, device: str = "cpu"):
+    def __init__(self, model: Path | str, *extra: str, device: str = "cpu", command: Sequence[str] = ()):
+        """``command``: what to run instead of `python -m detector serve`, taking the same flags (benchmarks)."""
         self._dir = Path(tempfile.mkdtemp(prefix="detector-serve-"))
         self.log = open(self._dir / "stderr.log", "w+")
-        self.proc = subprocess.Popen([sys.executable, "-m", "detector", "serve", "--model", str(model), "--port", "0",
+        command = list(command) or [sys.executable, "-m", "detector", "serve"]
+        self.proc = subprocess.Popen([*command, "--model", str(model), "--port", "0",
                                       "--metrics-port", "0", "--device", device, "--ready-file",
                                       str(self._dir / "ready.json"), *extra],
                                      stdout=subprocess.PIPE, stderr=self.log, text=True)

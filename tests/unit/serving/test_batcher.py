@@ -230,3 +230,15 @@ def test_a_request_whose_caller_left_is_not_scored():
 
     assert len(run(main())) == 2
     assert scored == [4, 2]  # the 3 samples of the caller that left never reached the model
+
+
+def test_a_small_batch_held_up_is_judged_against_a_full_batch():
+    """A 1-sample batch that took 0.5 s (a core taken away for a moment) must not make a queue of 64 look like
+    half a minute: the refusals it caused were a benchmark's only errors (64 clients x 1 sample, 30 s deadlines)."""
+    speed = ScoringSpeed(max_batch_samples=64)
+    for n in (64, 16) * 10:
+        speed.update(n, 0.001 * n)  # 1 ms a sample
+    busy = speed.expected_wait(64, busy_samples=1, busy_for=0.5)
+    assert busy == pytest.approx(0.5, rel=0.05)  # the full batch's pace (0.5 s / 64 ms, ~8x) on 64 ms, not 500x (32 s)
+    speed.update(1, 0.5)
+    assert 5 < speed.slowdown() < 10  # about 0.5 s / 64 ms (the fit moves a little with this batch), not 500
