@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -103,3 +104,5 @@ class ServeProcess:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+        self.log.close()
+        shutil.rmtree(self._dir, ignore_errors=True)  # its ready file and stderr log: read them before leaving
