@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import subprocess
 import threading
@@ -17,9 +18,10 @@ from detector.client import DetectorClient
 from detector.data.synthetic import bars
 from detector.scoring.scorer import Scorer
 from detector.serving.grpc.converters import score_request
+from detector.serving.grpc.server import start_server
+from detector.serving.service import score_batch
 from detector.v1 import detector_pb2 as pb
 from detector.v1 import detector_pb2_grpc as pb_grpc
-from detector.serving.service import score_batch
 from tests.conftest import NOVELTY_TOLERANCE
 from tests.integration.serving_helpers import ServerThread
 
@@ -276,18 +278,9 @@ def test_health_is_not_serving_until_warm_and_while_draining(scorer):
     scorer.score = blocked_warmup
     try:
         s.thread.start()
-        import asyncio
-
-        fut = asyncio.run_coroutine_threadsafe(__import__("detector.serving.grpc.server", fromlist=["x"]).start_server(
-            scorer, s.cfg, s.registry), s.loop)
+        fut = asyncio.run_coroutine_threadsafe(start_server(scorer, s.cfg, s.registry), s.loop)
         time.sleep(1.0)  # server bound, warm-up blocked
-        port = None
-        for _ in range(50):
-            # The port is only known once start_server returns; probe via the service object instead.
-            if fut.done():
-                break
-            time.sleep(0.05)
-        assert not fut.done()
+        assert not fut.done()  # start_server returns only once the warm-up is over
         release.set()
         s.running = fut.result(30)
         port = s.running.port
