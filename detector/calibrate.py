@@ -17,11 +17,7 @@ from detector.errors import DataError
 from detector.model.bundle import Bundle, load_bundle, save_bundle
 from detector.model.vae import transform_chance_nats
 from detector.progress import progress as progress_bar
-from detector.scoring.calibration import (
-    CalibrationWarning,
-    calibrate_score,
-    calibration_to_bundle,
-)
+from detector.scoring.calibration import CalibrationWarning, calibrate_score, calibration_to_bundle
 from detector.scoring.maps import MapScale, raw_maps
 from detector.scoring.novelty import NoveltyFusion, default_fusion, usable_components
 from detector.scoring.scorer import PRIMARY, Scorer, calibrated_scores, score_settings

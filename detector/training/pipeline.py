@@ -10,14 +10,7 @@ import torch
 
 import detector
 from detector.calibrate import calibrate_bundle
-from detector.config import (
-    ScoreConfig,
-    Settings,
-    validate_debias,
-    validate_model,
-    validate_score,
-    validate_train,
-)
+from detector.config import ScoreConfig, Settings, validate_debias, validate_model, validate_score, validate_train
 from detector.data.batches import load_tensor
 from detector.data.sampleset import SampleSet
 from detector.data.splits import fingerprint, split

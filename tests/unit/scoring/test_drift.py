@@ -2,12 +2,7 @@ import numpy as np
 import pytest
 
 from detector.scoring.calibration import calibrate_score
-from detector.scoring.drift import (
-    DriftWindow,
-    PValueHistogram,
-    beta_binomial_sf,
-    drift_tests_of,
-)
+from detector.scoring.drift import DriftWindow, PValueHistogram, beta_binomial_sf, drift_tests_of
 
 # Small calibration sets on purpose: the tests must hold exactly there.
 pytestmark = pytest.mark.filterwarnings("ignore::detector.scoring.calibration.CalibrationWarning")

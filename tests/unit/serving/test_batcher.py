@@ -10,12 +10,7 @@ import numpy as np
 import pytest
 
 from detector.errors import DeadlineExpired, Overloaded
-from detector.serving.batcher import (
-    MIN_DEADLINE_MARGIN,
-    AdmissionMargin,
-    DynamicBatcher,
-    ScoringSpeed,
-)
+from detector.serving.batcher import MIN_DEADLINE_MARGIN, AdmissionMargin, DynamicBatcher, ScoringSpeed
 
 
 def test_speed_model_separates_fixed_and_per_sample_cost():

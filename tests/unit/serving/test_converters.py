@@ -9,15 +9,8 @@ import pytest
 from detector.data.synthetic import bars
 from detector.errors import InvalidInput, Overloaded
 from detector.scoring.scorer import Scorer
-from detector.serving.grpc.converters import (
-    array_to_tensor,
-    lenient_parser,
-    parsed,
-    response_to_columns,
-    result_to_response,
-    tensor_layout,
-    tensor_to_array,
-)
+from detector.serving.grpc.converters import (array_to_tensor, lenient_parser, parsed, response_to_columns,
+                                              result_to_response, tensor_layout, tensor_to_array)
 from detector.serving.grpc.servicer import PUSHBACK_KEY, pushback
 from detector.v1 import detector_pb2 as pb
 
