@@ -54,8 +54,7 @@ def run_audit(bundle: Path, spec: str, out: Path, chunk_size: int = 8192, batch_
             samples.release_pages()
     dist.barrier()
     summary = merge(out, plan, scorer, samples, table_format) if rank == 0 else {}
-    dist.barrier()
-    dist.close()
+    dist.close()  # waits for every rank, then leaves the group
     return summary
 
 

@@ -136,15 +136,19 @@ class AdmissionMargin:
         return self._value
 
 
+def _concatenate(parts: list[np.ndarray]) -> np.ndarray:
+    """One batch of several requests' arrays (no copy for a single request)."""
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+
 class DynamicBatcher:
     def __init__(self, score_batch: Callable[[object, object], object], split: Callable[[object, list[int]], list],
                  max_batch_samples: int = 256, max_delay_s: float = 0.002, max_queue_samples: int = 8192,
                  observer: BatchObserver | None = None, enabled: bool = True, max_queue_wait_s: float | None = None,
-                 join: Callable[[list], object] = lambda parts: np.concatenate(parts) if len(parts) > 1 else parts[0]
-                 ):
+                 join: Callable[[list], object] | None = None):
         self._score_batch = score_batch
         self._split = split
-        self._join = join  # the requests' samples -> one batch (np.concatenate for arrays)
+        self._join = join or _concatenate  # the requests' samples -> one batch
         self.max_batch_samples = max_batch_samples
         self.max_delay_s = max_delay_s
         self.max_queue_samples = max_queue_samples
@@ -172,10 +176,11 @@ class DynamicBatcher:
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="dynamic-batcher")
 
-    def _admit(self, n: int, deadline: float | None) -> float:
+    def _admit(self, n: int, deadline: float | None) -> tuple[float, bool]:
         """Refuse (Overloaded) what the queue cannot take: past max_queue_samples, past max_queue_wait_s of expected
         scoring, or past the call's own deadline. The last two only when there is a queue to wait behind: a
-        request to an idle server is always tried. Returns the predicted seconds until the request is answered."""
+        request to an idle server is always tried. Returns the predicted seconds until the request is answered, and
+        whether it was admitted to an idle server (tried, unchecked against its deadline)."""
         if self._closed:
             raise Overloaded("server is shutting down")
         busy_samples, busy_since = self._busy
@@ -185,7 +190,7 @@ class DynamicBatcher:
         if self._queued_samples + n > self.max_queue_samples:
             raise self._refusal(f"scoring queue full ({self._queued_samples} samples waiting)", done_in)
         if not (self._queued_samples or busy_samples):
-            return done_in
+            return done_in, True
         if self.max_queue_wait_s is not None and self._queued_samples and done_in > self.max_queue_wait_s:
             raise self._refusal(f"server saturated: {self._queued_samples} samples queued, about "
                                 f"{done_in * 1000:.0f} ms of scoring (limit {self.max_queue_wait_s * 1000:.0f} ms)",
@@ -195,23 +200,22 @@ class DynamicBatcher:
             raise self._refusal(f"cannot finish before the call's deadline: about {expected * 1000:.0f} ms until an "
                                 f"answer, {max(deadline - now, 0.0) * 1000:.0f} ms left", done_in,
                                 " or with a longer deadline")
-        return done_in
+        return done_in, False
 
     def _refusal(self, reason: str, done_in: float, alternative: str = "") -> Overloaded:
         """Overloaded, with when to come back: a random point in the second half of the time the queue now needs at
-        the measured speed (the pushback a gRPC client's retry policy honours). Refused callers spread their retries over it instead of
-        returning together, and the queue stays fed as it drains; a client that resends at once instead only keeps
-        the server busy refusing it."""
+        the measured speed (the pushback a gRPC client's retry policy honours). Refused callers spread their retries
+        over it instead of returning together, and the queue stays fed as it drains; a client that resends at once
+        instead only keeps the server busy refusing it."""
         retry_after = done_in * random.uniform(0.5, 1.0)
         return Overloaded(f"{reason}; retry in about {retry_after * 1000:.0f} ms{alternative}", retry_after)
 
     async def submit(self, samples: np.ndarray, deadline: float | None = None, model: object = None):
         """Score ``samples`` (N, ...) with ``model`` in some batch; returns this request's part of the result."""
         n = len(samples)
-        idle = not (self._queued_samples or self._busy[0])
-        predicted = self._admit(n, deadline)
+        predicted, tried = self._admit(n, deadline)
         item = _Pending(samples, model, deadline, asyncio.get_running_loop().create_future(), predicted=predicted,
-                        tried=idle)
+                        tried=tried)
         self._queue.append(item)
         self._queued_samples += n
         self._idle.clear()

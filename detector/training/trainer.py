@@ -168,11 +168,13 @@ def train_vae(
     for epoch in range(state.next_epoch, epochs):
         if state.stale >= cfg.patience:
             break
+        started = time.perf_counter()  # the epoch's time counts the DB-VAE weights drawn for it
         weights = sample_weights(model, dist) if sample_weights is not None else None
         if weights is not None and dist.enabled:
             weights = dist.shard(weights)
         _train_epoch(net, state, cfg, train_data, weights, device, dist, f"epoch {epoch + 1}/{epochs}",
                      progress and dist.is_main, epoch)
+        state.history.seconds += time.perf_counter() - started
         val = validation_loss(model, val_data, 1024, device)
         state.history.val_loss.append(val)
         state.keep_if_best(epoch, val, cfg.warmup_epochs)
@@ -198,7 +200,6 @@ def _train_epoch(net: torch.nn.Module, state: _Progress, cfg: TrainConfig, train
     steps = max(1, train_data.shape[0] // batch_size)
     use_amp = cfg.amp and device.type == "cuda"
     model, optimizer, history = state.model, state.optimizer, state.history
-    started = time.perf_counter()
     bar = progress_bar(steps, label, "batch", enabled=progress)
     for step, x in enumerate(shuffled_batches(train_data, batch_size, state.generator, device, weights)):
         eps = torch.randn(x.shape[0], model.latent_dim, generator=state.generator).to(device, non_blocking=True)
@@ -213,5 +214,4 @@ def _train_epoch(net: torch.nn.Module, state: _Progress, cfg: TrainConfig, train
             bar.set_postfix(loss=f"{float(loss.detach()):.1f}")
         bar.update(1)
     bar.close()
-    history.seconds += time.perf_counter() - started
     history.train_loss.append(float(loss.detach()))
