@@ -24,7 +24,7 @@ from detector.progress import progress as progress_bar
 from detector.scoring.calibration import ScoreCalibration, calibration_from_bundle
 from detector.scoring.complexity import complexity_bpd
 from detector.scoring.latent import LEGACY_KNN_K, LatentReference
-from detector.scoring.maps import MapScale, raw_maps, require_map_scale
+from detector.scoring.maps import MapScale, require_map_scale
 from detector.scoring.novelty import NoveltyFusion
 from detector.scoring.scores import DIAGNOSTICS, fixed_noise, raw_scores
 
@@ -256,7 +256,7 @@ class Scorer:
         """Standardised per-pixel anomaly maps (B, H, W) float32 of a checked batch (maps.py); ``x``: the batch
         already on the device."""
         scale = self.check_maps()
-        return scale.apply(raw_maps(self.model, self._to_device(batch) if x is None else x)).cpu().numpy()
+        return scale.maps(self.model, self._to_device(batch) if x is None else x).cpu().numpy()
 
     def score(self, batch: np.ndarray | CheckedBatch, diagnostics=(), maps: bool = False) -> ScoreResult:
         """Every default score, verdict and p-value for a batch; ``diagnostics`` names the costlier ones to add

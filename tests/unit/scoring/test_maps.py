@@ -8,7 +8,7 @@ from PIL import Image
 
 from detector.data.synthetic import bars, manifold_vectors
 from detector.errors import BundleError, InvalidInput
-from detector.scoring.maps import CENTER, SPREAD
+from detector.scoring.maps import CENTER, LEGACY_SMOOTHING, SMOOTHING, SMOOTHING_KEY, SPREAD, MapScale
 from detector.scoring.overlay import MapWriter, overlay
 from detector.scoring.scorer import Scorer
 
@@ -64,6 +64,21 @@ def test_no_maps_for_vectors_or_bundles_calibrated_before_maps(scorer, tmp_path)
                                                                   if k not in (CENTER, SPREAD)})
     with pytest.raises(BundleError, match="detector calibrate"):
         Scorer(old, device="cpu").score(bars(2, size=16), maps=True)
+
+
+def test_maps_are_smoothed_as_their_scale_was_fitted(scorer):
+    """The bundle stores the smoothing its map scale was fitted with; a bundle calibrated before that was stored
+    keeps the smoothing it was fitted with, so its 0 is still 'as normal as usual'."""
+    arrays = scorer.bundle.calibration_arrays
+    assert float(arrays[SMOOTHING_KEY][0]) == SMOOTHING and scorer.map_scale.smoothing == SMOOTHING
+    legacy = MapScale.from_arrays({k: v for k, v in arrays.items() if k != SMOOTHING_KEY})
+    assert legacy.smoothing == LEGACY_SMOOTHING != SMOOTHING
+    old = dataclasses.replace(scorer.bundle, calibration_arrays={k: v for k, v in arrays.items() if k != SMOOTHING_KEY})
+    x = pasted(4)[0]
+    sharp, smooth = Scorer(old, device="cpu").score(x, maps=True).anomaly_maps, scorer.score(x, maps=True).anomaly_maps
+    # Same centre and spread, wider Gaussian: smaller peaks and smaller steps from pixel to pixel.
+    assert smooth.max() < sharp.max()
+    assert np.abs(np.diff(smooth, axis=-1)).mean() < np.abs(np.diff(sharp, axis=-1)).mean()
 
 
 def test_overlay_and_map_files(scorer, tmp_path):
