@@ -5,8 +5,7 @@ on the negative ELBO: sqrt(sum_c (x - x_hat)^2) * sum_c |d neg_elbo / d x| (the 
 2019), smoothed by a Gaussian of ``smoothing_sigma(H, W, SMOOTHING)`` pixels (2 at 28x28), then standardised by one
 centre and one spread fitted on held-out normal data, so 0 is its median pixel and 2.33 its 99th percentile pixel
 (as for a standard normal variable): most of a normal image's pixels, being background, sit near 0, so a spread
-measured around the
-median would make every edge look anomalous.
+measured around the median would make every edge look anomalous.
 
 Chosen by measurement on synthetic defects (scripts/bench_maps.py, docs/benchmarks/maps.md) against the residual
 alone, the input gradient alone, and per-location standardisation (each pixel against the normal maps' mean and
