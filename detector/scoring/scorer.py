@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from detector.config import ModelConfig, ScoreConfig
-from detector.data.sampleset import SampleSet, to_model_space
+from detector.data.sampleset import SampleSet
 from detector.debias.density import LatentDensity
 from detector.errors import ConfigError, InvalidInput, ModelNotReady
 from detector.model.bundle import Bundle, load_bundle
@@ -27,6 +27,7 @@ from detector.scoring.latent import LEGACY_KNN_K, LatentReference
 from detector.scoring.maps import MapScale, require_map_scale
 from detector.scoring.novelty import NoveltyFusion
 from detector.scoring.scores import DIAGNOSTICS, fixed_noise, raw_scores
+from detector.scoring.staging import DeviceStager, Staged
 
 PRIMARY = "novelty"
 # Reduced precision runs the networks under autocast; likelihoods and scores stay float32.
@@ -160,6 +161,7 @@ class Scorer:
         self.model = VAE(self.model_cfg)
         self.model.load_state_dict(bundle.weights)
         self.model.to(self.device).for_inference()
+        self.stager = DeviceStager(self.device, self.model_cfg.input_shape)
         score_cfg = cfg["score"]
         seed, latent_dim = int(score_cfg["noise_seed"]), self.model_cfg.latent_dim
         k_iw = iw_samples or int(score_cfg["iw_samples"])
@@ -211,15 +213,14 @@ class Scorer:
                 raise InvalidInput("float image samples must lie within 0..1 (send UINT8 for 0..255 pixels)")
         return CheckedBatch(batch, _CHECKED)
 
+    def stage(self, batch: np.ndarray | CheckedBatch) -> Staged:
+        """The batch (checked here unless it is a CheckedBatch) on its way to the scoring device (staging.py): the
+        server stages the next batch while the current one computes."""
+        samples = batch.samples if isinstance(batch, CheckedBatch) else self.check(batch).samples
+        return self.stager.stage(samples)
+
     def _to_device(self, batch: np.ndarray) -> torch.Tensor:
-        x = np.ascontiguousarray(to_model_space(batch))
-        if not x.flags.writeable:  # views of request bytes are read-only; torch wants its own copy
-            x = x.copy()
-        x = torch.from_numpy(x)
-        x = x.reshape(x.shape[0], *self.model_cfg.input_shape)
-        if self.device.type == "cuda":
-            return x.pin_memory().to(self.device, non_blocking=True)
-        return x
+        return self.stager.stage(batch).tensor()
 
     @property
     def default_diagnostics(self) -> frozenset[str]:
@@ -258,15 +259,16 @@ class Scorer:
         scale = self.check_maps()
         return scale.maps(self.model, self._to_device(batch) if x is None else x).cpu().numpy()
 
-    def score(self, batch: np.ndarray | CheckedBatch, diagnostics=(), maps: bool = False) -> ScoreResult:
+    def score(self, batch: np.ndarray | CheckedBatch | Staged, diagnostics=(), maps: bool = False) -> ScoreResult:
         """Every default score, verdict and p-value for a batch; ``diagnostics`` names the costlier ones to add
-        (``DIAGNOSTICS``); ``maps``: per-pixel anomaly maps too (image models). A batch that is not a CheckedBatch
-        is checked first (the server checks each request on arrival, so a batch of them is not checked twice).
-        Everything is computed on the scoring device; the results cross to the host once, at the end."""
-        batch = batch.samples if isinstance(batch, CheckedBatch) else self.check(batch).samples
+        (``DIAGNOSTICS``); ``maps``: per-pixel anomaly maps too (image models). A batch that is neither a
+        CheckedBatch nor Staged is checked first (the server checks each request on arrival, so a batch of them is
+        not checked twice). Everything is computed on the scoring device; the results cross to the host once, at
+        the end."""
         if self.fusion is None or not self.calibration:
             raise ModelNotReady("bundle is not calibrated: run 'detector calibrate'")
-        x = self._to_device(batch)  # once, for the scores and the maps
+        staged = batch if isinstance(batch, Staged) else self.stage(batch)
+        batch, x = staged.samples, staged.tensor()  # on the device once, for the scores and the maps
         anomaly_maps = self.anomaly_maps(batch, x) if maps else None
         raw = self._raw_tensors(batch, diagnostics, x)
         mu = raw.pop("latent_mean_")

@@ -3,7 +3,10 @@
 Each request waits on its own future. The loop takes the oldest request, then gathers more
 until ``max_batch_samples`` or until ``max_delay`` has passed since that oldest request
 arrived, scores the batch in a worker thread (the event loop keeps accepting), and hands
-each request its slice of the result. A request whose deadline has passed is answered
+each request its slice of the result. With a ``stage`` step (the server's: the copy to the
+device, scoring/staging.py), a full next batch is staged in a thread of its own while the
+current one computes, so on a GPU the copy of batch n+1 overlaps the compute of batch n; a
+part-filled batch keeps gathering until the device is free, as without staging. A request whose deadline has passed is answered
 before compute; a failed batch fails every request in it, and the loop goes on.
 
 Each request carries the model it was admitted under and a batch never mixes models, so a
@@ -136,6 +139,12 @@ class AdmissionMargin:
         return self._value
 
 
+def _fail(batch: list[_Pending], exc: Exception) -> None:
+    for item in batch:
+        if not item.future.done():
+            item.future.set_exception(exc)
+
+
 def _concatenate(parts: list[np.ndarray]) -> np.ndarray:
     """One batch of several requests' arrays (no copy for a single request)."""
     return parts[0] if len(parts) == 1 else np.concatenate(parts)
@@ -145,8 +154,9 @@ class DynamicBatcher:
     def __init__(self, score_batch: Callable[[object, object], object], split: Callable[[object, list[int]], list],
                  max_batch_samples: int = 256, max_delay_s: float = 0.002, max_queue_samples: int = 8192,
                  observer: BatchObserver | None = None, enabled: bool = True, max_queue_wait_s: float | None = None,
-                 join: Callable[[list], object] | None = None):
+                 join: Callable[[list], object] | None = None, stage: Callable[[object, object], object] | None = None):
         self._score_batch = score_batch
+        self._stage = stage  # (model, joined samples) -> what score_batch takes, run ahead of the compute
         self._split = split
         self._join = join or _concatenate  # the requests' samples -> one batch
         self.max_batch_samples = max_batch_samples
@@ -165,6 +175,9 @@ class DynamicBatcher:
         self._idle = asyncio.Event()
         self._idle.set()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scorer")
+        self._stager = ThreadPoolExecutor(max_workers=1, thread_name_prefix="stager")
+        self._computing: asyncio.Task | None = None  # the batch on the device now
+        self._staged_samples = 0  # taken from the queue for the next batch, not yet computing
         self._task: asyncio.Task | None = None
         self._closed = False
 
@@ -185,13 +198,15 @@ class DynamicBatcher:
             raise Overloaded("server is shutting down")
         busy_samples, busy_since = self._busy
         now = time.monotonic()
-        # Until this request's own samples are scored: the batch running now, the queue ahead, this request.
-        done_in = self.speed.expected_wait(self._queued_samples + n, busy_samples, now - busy_since)
+        # Until this request's own samples are scored: the batch running now, the one staged after it, the queue
+        # ahead, this request.
+        ahead = self._queued_samples + self._staged_samples
+        done_in = self.speed.expected_wait(ahead + n, busy_samples, now - busy_since)
         if self._queued_samples + n > self.max_queue_samples:
             raise self._refusal(f"scoring queue full ({self._queued_samples} samples waiting)", done_in)
-        if not (self._queued_samples or busy_samples):
+        if not (ahead or busy_samples):
             return done_in, True
-        if self.max_queue_wait_s is not None and self._queued_samples and done_in > self.max_queue_wait_s:
+        if self.max_queue_wait_s is not None and ahead and done_in > self.max_queue_wait_s:
             raise self._refusal(f"server saturated: {self._queued_samples} samples queued, about "
                                 f"{done_in * 1000:.0f} ms of scoring (limit {self.max_queue_wait_s * 1000:.0f} ms)",
                                 done_in)
@@ -263,7 +278,9 @@ class DynamicBatcher:
         """The batch without requests whose deadline passes before it would finish (answered DEADLINE_EXCEEDED at
         once, so the cores go to requests that can still make it)."""
         now = time.monotonic()
-        finish = now + self.speed.expected_wait(sum(len(item.samples) for item in batch))
+        busy_samples, busy_since = self._busy  # a batch still computing goes first
+        finish = now + self.speed.expected_wait(sum(len(item.samples) for item in batch), busy_samples,
+                                                now - busy_since)
         live = []
         for item in batch:
             if item.future.done():
@@ -275,18 +292,27 @@ class DynamicBatcher:
                 live.append(item)
         return live
 
+    def _next_batch_waits(self) -> bool:
+        """While a batch computes, the next is taken (and staged) only once it is full: a part-filled batch keeps
+        gathering until the device is free, so staging ahead never makes batches smaller."""
+        return self._computing is not None and self.enabled and self._queued_samples < self.max_batch_samples
+
     async def _run(self) -> None:
+        """Gather a batch, stage it (its copy to the device runs while the batch before it computes), hand it to
+        the compute once the device is free, gather the next."""
         loop = asyncio.get_running_loop()
         while True:
-            if not self._queue:
-                if self._in_flight == 0:
+            if self._computing is not None and self._computing.done():
+                self._computing = None
+            if not self._queue or self._next_batch_waits():
+                if not self._queue and self._computing is None and self._in_flight == 0:
                     self._idle.set()
-                if self._closed:
-                    return
+                    if self._closed:
+                        return
                 self._wakeup.clear()
-                await self._wakeup.wait()
+                await self._wakeup.wait()  # an arrival, or the compute finishing
                 continue
-            if self.enabled:
+            if self.enabled and self._computing is None:
                 # Wait for more samples until the oldest request has waited max_delay.
                 oldest = self._queue[0].enqueued
                 while self._queued_samples < self.max_batch_samples:
@@ -301,32 +327,47 @@ class DynamicBatcher:
             batch = self._drop_expired(self._take_batch())
             if not batch:
                 continue
-            started = time.monotonic()
-            if self._observer is not None:
-                for item in batch:
-                    self._observer.queue_waited(started - item.enqueued)
             sizes = [len(item.samples) for item in batch]
-            samples = self._join([item.samples for item in batch])
-            self._in_flight += 1
-            self._busy = (len(samples), started)
+            self._staged_samples = sum(sizes)
             try:
-                result = await loop.run_in_executor(self._executor, self._score_batch, batch[0].model, samples)
-                parts = self._split(result, sizes)
-            except Exception as exc:  # noqa: BLE001 - every request of the failed batch gets the error
-                for item in batch:
-                    if not item.future.done():
-                        item.future.set_exception(exc)
-            else:
-                elapsed = time.monotonic() - started
-                self.speed.update(len(samples), elapsed)
-                if self._observer is not None:
-                    self._observer.batch_scored(len(samples), elapsed)
-                for item, part in zip(batch, parts):
-                    if not item.future.done():
-                        item.future.set_result(part)
-            finally:
-                self._in_flight -= 1
-                self._busy = (0, 0.0)
+                samples = self._join([item.samples for item in batch])
+                if self._stage is not None:
+                    samples = await loop.run_in_executor(self._stager, self._stage, batch[0].model, samples)
+            except Exception as exc:  # noqa: BLE001 - every request of the batch gets the error
+                self._staged_samples = 0
+                _fail(batch, exc)
+                continue
+            if self._computing is not None:
+                await asyncio.wait([self._computing])
+            self._staged_samples = 0
+            self._computing = loop.create_task(self._compute(batch, sizes, samples))
+            self._computing.add_done_callback(lambda _: self._wakeup.set())
+
+    async def _compute(self, batch: list[_Pending], sizes: list[int], samples) -> None:
+        """Score one staged batch in the scoring thread and answer its requests."""
+        started = time.monotonic()
+        if self._observer is not None:
+            for item in batch:
+                self._observer.queue_waited(started - item.enqueued)
+        self._in_flight += 1
+        self._busy = (len(samples), started)
+        try:
+            result = await asyncio.get_running_loop().run_in_executor(self._executor, self._score_batch,
+                                                                      batch[0].model, samples)
+            parts = self._split(result, sizes)
+        except Exception as exc:  # noqa: BLE001 - every request of the failed batch gets the error
+            _fail(batch, exc)
+        else:
+            elapsed = time.monotonic() - started
+            self.speed.update(len(samples), elapsed)
+            if self._observer is not None:
+                self._observer.batch_scored(len(samples), elapsed)
+            for item, part in zip(batch, parts):
+                if not item.future.done():
+                    item.future.set_result(part)
+        finally:
+            self._in_flight -= 1
+            self._busy = (0, 0.0)
 
     async def drain(self) -> None:
         """Stop accepting; return when every accepted request has been answered."""
@@ -336,3 +377,4 @@ class DynamicBatcher:
         if self._task is not None:
             await self._task
         self._executor.shutdown(wait=True)
+        self._stager.shutdown(wait=True)

@@ -16,6 +16,7 @@ from detector.data.layout import to_channels_first
 from detector.errors import BundleError, InvalidInput, ModelNotReady, Overloaded
 from detector.scoring.scorer import PRIMARY, CheckedBatch, ScoreResult, Scorer, check_diagnostics
 from detector.scoring.scores import DIAGNOSTICS
+from detector.scoring.staging import Staged
 from detector.serving.batcher import DynamicBatcher
 from detector.serving.metrics import ServerMetrics
 
@@ -34,7 +35,7 @@ class ScoringService:
         wait = cfg.max_queue_wait_ms / 1000 if cfg.max_queue_wait_ms else None
         self.batcher = DynamicBatcher(score_batch, ScoreResult.split, cfg.max_batch_samples, cfg.max_delay_ms / 1000,
                                       cfg.max_queue_samples, observer=metrics, enabled=cfg.batching,
-                                      max_queue_wait_s=wait, join=CheckedBatch.join)
+                                      max_queue_wait_s=wait, join=CheckedBatch.join, stage=stage_batch)
         self._reload_lock = asyncio.Lock()
         metrics.bind_live(self.live)
 
@@ -133,7 +134,12 @@ class ScoringService:
         await self.batcher.drain()
 
 
-def score_batch(key: tuple[Scorer, frozenset[str], bool], samples: CheckedBatch | np.ndarray) -> ScoreResult:
+def stage_batch(key: tuple[Scorer, frozenset[str], bool], samples: CheckedBatch) -> Staged:
+    """A joined batch on its way to ``key``'s scoring device, while the batch before it computes."""
+    return key[0].stage(samples)
+
+
+def score_batch(key: tuple[Scorer, frozenset[str], bool], samples: Staged | CheckedBatch | np.ndarray) -> ScoreResult:
     """One forward pass of ``key``'s scorer with its diagnostics (and maps); out of device memory, retry in halves
     (scores do not depend on the batch)."""
     scorer, diagnostics, maps = key

@@ -67,6 +67,42 @@ def test_batches_are_copied_from_pinned_memory_without_blocking(bundle_path, x):
     np.testing.assert_allclose(t.cpu().numpy(), x.astype(np.float32) / 255, atol=1e-7)
 
 
+def test_staging_reuses_two_pinned_buffers_and_batches_staged_ahead_score_right(bundle_path, x):
+    """The server stages batch n+1 (and may stage n+2) before batch n is scored: each staged copy must stay right
+    while the pinned buffers it came through are refilled, and the buffers are allocated once, not per batch."""
+    gpu, cpu = Scorer.from_path(bundle_path, device="cuda"), Scorer.from_path(bundle_path, device="cpu")
+    parts = [x[:50], x[50:100], x[100:]]
+    staged = [gpu.stage(p) for p in parts]  # three stagings through two buffers before any compute
+    addresses = gpu.stager.buffer_addresses()
+    assert len(addresses) == 2
+    for p, s in zip(parts, staged):
+        np.testing.assert_allclose(gpu.score(s).scores["novelty"], cpu.score(p).scores["novelty"], rtol=1e-3, atol=1e-3)
+    for _ in range(3):
+        gpu.score(gpu.stage(x[:40]))  # smaller batches fit the buffers already there
+    assert gpu.stager.buffer_addresses() == addresses
+    floats = gpu.stage(x.astype(np.float32) / 255).tensor()  # float samples take the same buffers, as float32
+    np.testing.assert_allclose(floats.cpu().numpy(), gpu.stage(x).tensor().cpu().numpy(), atol=1e-7)
+
+
+def test_the_server_stages_ahead_on_the_device_and_answers_each_request_its_rows(bundle_path, x):
+    """Over gRPC on the device: concurrent requests, batches staged ahead of their compute, each request gets
+    its own rows, as the CPU scores them."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from detector.client import DetectorClient
+    from tests.integration.serving_helpers import ServerThread
+
+    cpu = Scorer.from_path(bundle_path, device="cpu").score(x).scores["novelty"]
+    with ServerThread(Scorer.from_path(bundle_path, device="cuda"), max_delay_ms=5, max_batch_samples=32) as s:
+        def one(start):
+            with DetectorClient(s.target) as client:
+                return start, client.score(x[start:start + 8]).novelty_score
+        with ThreadPoolExecutor(16) as pool:
+            answers = list(pool.map(one, range(0, len(x), 8)))
+    for start, novelty in answers:
+        np.testing.assert_allclose(novelty, cpu[start:start + 8], rtol=1e-3, atol=1e-3)
+
+
 def test_training_runs_on_the_device(data_dir, tmp_path):
     from detector.data import load_spec
     from detector.training.pipeline import train_bundle

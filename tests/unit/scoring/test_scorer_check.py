@@ -42,3 +42,18 @@ def test_checked_parts_joined_or_sliced_score_as_the_whole(scorer):
     whole = scorer.score(x).scores["novelty"]
     np.testing.assert_allclose(scorer.score(joined).scores["novelty"], whole, **NOVELTY_TOLERANCE)
     np.testing.assert_allclose(scorer.score(joined[2:5]).scores["novelty"], whole[2:5], **NOVELTY_TOLERANCE)
+
+
+def test_staged_batches_and_their_slices_score_as_unstaged(scorer):
+    """The server stages a batch (its copy to the device) before scoring it; on the CPU a staged batch is the
+    model-space tensor, and a staged batch split in halves (out of device memory) scores as its rows."""
+    x = bars(9, size=16, seed=4)
+    whole = scorer.score(x).scores["novelty"]
+    staged = scorer.stage(x)
+    assert len(staged) == 9 and staged.tensor().shape == (9, 1, 16, 16)
+    np.testing.assert_allclose(staged.tensor().numpy(), x.astype(np.float32) / 255, atol=0)
+    np.testing.assert_array_equal(scorer.score(staged).scores["novelty"], whole)
+    halves = np.concatenate([scorer.score(staged[:4]).scores["novelty"], scorer.score(staged[4:]).scores["novelty"]])
+    np.testing.assert_allclose(halves, whole, **NOVELTY_TOLERANCE)
+    with pytest.raises(InvalidInput, match="NaN"):  # staging checks what it was not handed checked
+        scorer.stage(np.full((1, 1, 16, 16), np.nan, np.float32))
