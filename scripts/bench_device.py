@@ -10,6 +10,8 @@ Per input size, in one run on one machine:
     coloured objects; their grey mean at 1 channel), samples/s of the training loop as the trainer reports it;
 (a) in-process `Scorer.score` (what the server calls) at batches 256, 1024 and 4096, beside one encoder + decoder
     pass of the same model at the same batch (the cost ratio of issue 13), fp32 and bf16;
+(overlap) in process, batches of 1024 staged ahead of their compute (the server's pipeline: the copy of batch n+1
+    while batch n computes, scoring/staging.py) against staging and scoring one after the other;
 (d) the real gRPC server (scripts/bench_serve.py's), 8 clients x 64 samples, fp32 and bf16.
 Every timing synchronises the device before reading the clock.
 """
@@ -21,6 +23,7 @@ import json
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -85,6 +88,33 @@ def scoring(bundle: Path, x: np.ndarray, device: str) -> dict:
     return out
 
 
+def overlap(bundle: Path, x: np.ndarray, device: str, batch: int = 1024, batches: int = 8) -> dict:
+    """Samples/s of ``batches`` batches staged and scored one after the other, and with each next batch staged in
+    a thread while the current one computes (as the server's batcher does)."""
+    scorer = Scorer.from_path(bundle, device=device)
+    checked = scorer.check(np.concatenate([x] * (1 + batch // len(x)))[:batch])
+
+    def one_after_the_other():
+        for _ in range(batches):
+            scorer.score(scorer.stage(checked))
+
+    def staged_ahead():
+        with ThreadPoolExecutor(1) as stager:
+            upcoming = stager.submit(scorer.stage, checked)
+            for i in range(batches):
+                staged = upcoming.result()
+                if i + 1 < batches:
+                    upcoming = stager.submit(scorer.stage, checked)
+                scorer.score(staged)
+
+    out = {name: best_rate(fn, batch * batches, scorer.device, repeat=3)
+           for name, fn in (("one_after_the_other", one_after_the_other), ("staged_ahead", staged_ahead))}
+    out["ratio"] = out["staged_ahead"] / out["one_after_the_other"]
+    print(f"  overlap: staged ahead {out['staged_ahead']:.0f}/s, one after the other {out['one_after_the_other']:.0f}/s, "
+          f"ratio {out['ratio']:.2f}", flush=True)
+    return out
+
+
 def serving(bundle: Path, x: np.ndarray, device: str, seconds: float) -> dict:
     out = {}
     for precision in PRECISIONS if device == "cuda" else ("fp32",):
@@ -110,6 +140,7 @@ def measure(shape, args, work: Path) -> dict:
           "calibration)", flush=True)
     x = scenes(2048, shape, seed=1)
     result["scoring"] = scoring(bundle, x, args.device)
+    result["overlap"] = overlap(bundle, x, args.device)
     result["serving"] = serving(bundle, x, args.device, args.seconds)
     return result
 
@@ -125,6 +156,10 @@ def report(result: dict, command: str) -> list[str]:
                   "| precision / batch | (a) Scorer.score | one encoder + decoder pass | ratio |", "|---|---|---|---|"]
         lines += [f"| {k} | {v['scorer']:.0f} | {v['model_pass']:.0f} | {v['ratio']:.3f} |"
                   for k, v in part["scoring"].items()]
+        o = part["overlap"]
+        lines += ["", f"Batches of 1024 staged ahead of their compute (the server's pipeline): **{o['staged_ahead']:.0f} "
+                  f"samples/s**, against {o['one_after_the_other']:.0f} staged and scored one after the other "
+                  f"(ratio {o['ratio']:.2f}).", ""]
         lines += ["", "| precision | (d) server, 8 clients x 64 samples | p99 ms | errors | lost/swapped |",
                   "|---|---|---|---|---|"]
         lines += [f"| {k} | {v['samples_per_s']:.0f} | {v['p99_ms']:.1f} | {v['errors']} | {v['bad']} |"

@@ -3,8 +3,9 @@
 On CUDA a batch goes into one of two page-locked host buffers, reused batch after batch (allocated once, grown only
 when a larger batch arrives), and crosses on a copy stream of its own with a non-blocking copy: the server stages
 batch n+1 while batch n computes (serving/batcher.py), and the compute waits only for its own batch's copy. uint8
-pixels cross as uint8, a quarter of float32's bytes, and become model-space floats on the device. On the CPU a
-staged batch is the model-space tensor (``to_model_space``) and nothing is copied.
+pixels cross as uint8, a quarter of float32's bytes, and become model-space floats on the device. On the CPU
+nothing is copied: a staged batch becomes the model-space tensor (``to_model_space``) when the compute asks for it,
+in the scoring thread, as before staging existed.
 """
 
 from __future__ import annotations
@@ -22,22 +23,27 @@ SLOTS = 2  # pinned host buffers: one whose copy may still be running, one being
 class Staged:
     """A checked batch and its copy on the scoring device. Slices stay staged (the rows of the same copy)."""
 
-    __slots__ = ("samples", "_x", "_ready")
+    __slots__ = ("samples", "_x", "_ready", "_input_shape")
 
-    def __init__(self, samples: np.ndarray, x: torch.Tensor, ready: torch.cuda.Event | None):
+    def __init__(self, samples: np.ndarray, x: torch.Tensor | None, ready: torch.cuda.Event | None,
+                 input_shape: tuple[int, ...]):
         self.samples = samples  # the checked stored-format samples (the CPU codec and the maps' inputs read them)
-        self._x = x
+        self._x = x  # None on the CPU until ``tensor`` is called
         self._ready = ready  # recorded on the copy stream after the copy; None on the CPU
+        self._input_shape = input_shape
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, rows: slice) -> "Staged":
-        return Staged(self.samples[rows], self._x[rows], self._ready)
+        x = None if self._x is None else self._x[rows]
+        return Staged(self.samples[rows], x, self._ready, self._input_shape)
 
     def tensor(self) -> torch.Tensor:
         """The batch on the device, in model space, safe to use on the current stream."""
-        if self._ready is not None:
+        if self._x is None:
+            self._x = _model_space_tensor(self.samples, self._input_shape)
+        elif self._ready is not None:
             stream = torch.cuda.current_stream(self._x.device)
             stream.wait_event(self._ready)  # the device waits for the copy; the host does not
             self._x.record_stream(stream)  # its memory, allocated on the copy stream, is in use on this one too
@@ -66,7 +72,7 @@ class DeviceStager:
     def stage(self, samples: np.ndarray) -> Staged:
         """``samples``: checked, stored-format (uint8 pixels or floats), (B, *sample_shape)."""
         if self._stream is None:
-            return Staged(samples, _model_space_tensor(samples, self.input_shape), None)
+            return Staged(samples, None, None, self.input_shape)
         dtype = np.uint8 if samples.dtype == np.uint8 else np.float32
         with self._lock:
             slot = self._next
@@ -81,7 +87,7 @@ class DeviceStager:
                 ready = torch.cuda.Event()
                 ready.record(self._stream)
             self._copied[slot] = ready
-        return Staged(samples, x.reshape(len(samples), *self.input_shape), ready)
+        return Staged(samples, x.reshape(len(samples), *self.input_shape), ready, self.input_shape)
 
     def _host_view(self, slot: int, shape: tuple[int, ...], dtype) -> torch.Tensor:
         """A view of pinned buffer ``slot`` as ``shape`` of ``dtype``, the buffer grown (reallocated) only when this
