@@ -265,9 +265,9 @@ class Scorer:
         CheckedBatch nor Staged is checked first (the server checks each request on arrival, so a batch of them is
         not checked twice). Everything is computed on the scoring device; the results cross to the host once, at
         the end."""
+        staged = batch if isinstance(batch, Staged) else self.stage(batch)
         if self.fusion is None or not self.calibration:
             raise ModelNotReady("bundle is not calibrated: run 'detector calibrate'")
-        staged = batch if isinstance(batch, Staged) else self.stage(batch)
         batch, x = staged.samples, staged.tensor()  # on the device once, for the scores and the maps
         anomaly_maps = self.anomaly_maps(batch, x) if maps else None
         raw = self._raw_tensors(batch, diagnostics, x)
