@@ -6,8 +6,9 @@ arrived, scores the batch in a worker thread (the event loop keeps accepting), a
 each request its slice of the result. With a ``stage`` step (the server's: the copy to the
 device, scoring/staging.py), a full next batch is staged in a thread of its own while the
 current one computes, so on a GPU the copy of batch n+1 overlaps the compute of batch n; a
-part-filled batch keeps gathering until the device is free, as without staging. A request whose deadline has passed is answered
-before compute; a failed batch fails every request in it, and the loop goes on.
+part-filled batch keeps gathering until the device is free, as without staging. A request
+whose deadline has passed is answered before compute; a failed batch fails every request in
+it, and the loop goes on.
 
 Each request carries the model it was admitted under and a batch never mixes models, so a
 model swapped in mid-traffic (hot reload) only scores requests that arrive after the swap.
@@ -170,7 +171,6 @@ class DynamicBatcher:
         self._observer = observer
         self._queue: collections.deque[_Pending] = collections.deque()
         self._queued_samples = 0
-        self._in_flight = 0
         self._wakeup = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -305,7 +305,7 @@ class DynamicBatcher:
             if self._computing is not None and self._computing.done():
                 self._computing = None
             if not self._queue or self._next_batch_waits():
-                if not self._queue and self._computing is None and self._in_flight == 0:
+                if not self._queue and self._computing is None:
                     self._idle.set()
                     if self._closed:
                         return
@@ -349,7 +349,6 @@ class DynamicBatcher:
         if self._observer is not None:
             for item in batch:
                 self._observer.queue_waited(started - item.enqueued)
-        self._in_flight += 1
         self._busy = (len(samples), started)
         try:
             result = await asyncio.get_running_loop().run_in_executor(self._executor, self._score_batch,
@@ -366,7 +365,6 @@ class DynamicBatcher:
                 if not item.future.done():
                     item.future.set_result(part)
         finally:
-            self._in_flight -= 1
             self._busy = (0, 0.0)
 
     async def drain(self) -> None:

@@ -256,13 +256,18 @@ def timed_model(seconds: float, log: list):
     return score
 
 
+def logged_staging_batcher(log: list) -> DynamicBatcher:
+    """Batches of 4 that take 0.2 s each, staged first; both steps recorded in ``log``. Started (call in a loop)."""
+    b = DynamicBatcher(timed_model(0.2, log), split_rows, max_batch_samples=4, max_delay_s=0.0, stage=timed_stage(log))
+    b.start()
+    return b
+
+
 def test_a_full_next_batch_is_staged_while_the_current_one_computes():
     log = []
 
     async def main():
-        b = DynamicBatcher(timed_model(0.2, log), split_rows, max_batch_samples=4, max_delay_s=0.0,
-                           stage=timed_stage(log))
-        b.start()
+        b = logged_staging_batcher(log)
         first = asyncio.ensure_future(b.submit(np.zeros((4, 1))))
         await asyncio.sleep(0.05)  # the first batch computes
         second = asyncio.ensure_future(b.submit(np.ones((4, 1))))
@@ -284,9 +289,7 @@ def test_a_part_filled_batch_is_not_staged_ahead_and_keeps_gathering():
     log = []
 
     async def main():
-        b = DynamicBatcher(timed_model(0.2, log), split_rows, max_batch_samples=4, max_delay_s=0.0,
-                           stage=timed_stage(log))
-        b.start()
+        b = logged_staging_batcher(log)
         first = asyncio.ensure_future(b.submit(np.zeros((4, 1))))
         await asyncio.sleep(0.05)
         early = asyncio.ensure_future(b.submit(np.zeros((1, 1))))
