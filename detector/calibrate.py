@@ -18,7 +18,7 @@ from detector.model.bundle import Bundle, load_bundle, save_bundle
 from detector.model.vae import transform_chance_nats
 from detector.progress import progress as progress_bar
 from detector.scoring.calibration import CalibrationWarning, calibrate_score, calibration_to_bundle
-from detector.scoring.maps import SMOOTHING, MapScale, raw_maps
+from detector.scoring.maps import MapScale, fitted_smoothing, raw_maps
 from detector.scoring.novelty import NoveltyFusion, default_fusion, usable_components
 from detector.scoring.scorer import PRIMARY, Scorer, calibrated_scores, score_settings
 from detector.scoring.scores import DIAGNOSTICS
@@ -89,9 +89,10 @@ MAP_FIT_SAMPLES = 2000  # normal images whose map pixels fix the maps' centre an
 
 def fit_map_scale(scorer: Scorer, samples: SampleSet, batch_size: int) -> MapScale:
     take = samples.take(np.arange(min(len(samples), MAP_FIT_SAMPLES)))
-    maps = [raw_maps(scorer.model, scorer._to_device(raw), SMOOTHING).cpu().numpy()
+    smoothing = fitted_smoothing(scorer.segmenter)
+    maps = [raw_maps(scorer.model, scorer._to_device(raw), smoothing, scorer.segmenter).cpu().numpy()
             for _, raw in take.chunks(min(batch_size, 256))]
-    return MapScale.fit(np.concatenate(maps), SMOOTHING)
+    return MapScale.fit(np.concatenate(maps), smoothing)
 
 
 def raw_columns(scorer: Scorer, samples: SampleSet, batch_size: int, progress: bool, desc: str,

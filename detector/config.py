@@ -55,6 +55,11 @@ class TrainConfig:
     amp: bool = True  # bf16 autocast on CUDA only; CPU stays full precision
     debias: bool = False  # DB-VAE adaptive resampling (issue 4)
     num_threads: int = 0  # torch intra-op threads; 0 keeps torch's default
+    map_steps: int = 1500  # image models: optimiser steps of the anomaly-map segmenter at 28x28, fewer for larger
+    # images (0: no segmenter, residual maps instead; scripts/bench_maps.py, docs/benchmarks/maps.md)
+    map_epochs: int = 4  # ... but no more than this many passes over the training images (small sets)
+    map_budget_s: float = 240.0  # ... and no more steps than fit in this many seconds (0: no limit): keeps
+    # `detector train --data fashion-mnist:train` inside 15 minutes on slower 2-core machines
 
 
 @dataclass
@@ -162,6 +167,9 @@ def validate_train(cfg: TrainConfig) -> None:
         raise ConfigError(f"epochs must be >= 1 (or 0 for auto), got {cfg.epochs}")
     if cfg.min_steps < 0:
         raise ConfigError(f"min_steps must be >= 0, got {cfg.min_steps}")
+    if cfg.map_steps < 0 or cfg.map_epochs < 1 or cfg.map_budget_s < 0:
+        raise ConfigError(f"map_steps and map_budget_s must be >= 0 and map_epochs >= 1, got {cfg.map_steps}, "
+                          f"{cfg.map_budget_s} and {cfg.map_epochs}")
     if cfg.batch_size < 1:
         raise ConfigError(f"batch_size must be >= 1, got {cfg.batch_size}")
     if not 0 < cfg.val_fraction < 0.5 or not 0 < cfg.cal_fraction < 0.5:

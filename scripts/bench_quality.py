@@ -43,6 +43,7 @@ from detector.data.builtin import FASHION_MNIST_CLASSES
 from detector.data.splits import split
 from detector.model.bundle import load_bundle, save_bundle
 from detector.model.device import resolve_device
+from detector.model.segmenter import model_weights
 from detector.model.vae import VAE
 from detector.scoring.detection_metrics import auroc
 from detector.scoring.latent import fit_latent_density
@@ -65,7 +66,7 @@ def recalibrate(path: Path, samples) -> Scorer:
     cfg = bundle.config["train"]
     parts = split(samples, cfg["val_fraction"], cfg["cal_fraction"], cfg["seed"])
     model = VAE(ModelConfig.from_json(bundle.config["model"]))
-    model.load_state_dict(bundle.weights)
+    model.load_state_dict(model_weights(bundle.weights))
     train = load_tensor(parts.train).reshape(len(parts.train), *model.cfg.input_shape)
     bundle.density = fit_latent_density(model, train, resolve_device("auto"), DebiasConfig(**bundle.config["debias"]))
     calibrate_bundle(bundle, parts.val, parts.cal, 0.01, "auto", 1024, progress=False)

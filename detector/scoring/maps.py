@@ -1,22 +1,30 @@
 """Per-pixel anomaly maps: where in an image the model sees the anomaly.
 
-The map of an image is the reconstruction residual at the posterior mean, weighted by how strongly the pixel pulls
-on the negative ELBO: sqrt(sum_c (x - x_hat)^2) * sum_c |d neg_elbo / d x| (the "combined" map of Zimmerer et al.
-2019), smoothed by a Gaussian of ``smoothing_sigma(H, W, SMOOTHING)`` pixels (2 at 28x28), then standardised by one
-centre and one spread fitted on held-out normal data, so 0 is its median pixel and 2.33 its 99th percentile pixel
-(as for a standard normal variable): most of a normal image's pixels, being background, sit near 0, so a spread
-measured around the median would make every edge look anomalous.
+A bundle trained with this version holds a map segmenter (model/segmenter.py): a small U-Net that reads the image
+beside the VAE's reconstruction of it and gives each pixel a logit for "departs from what the model knows here",
+trained after the VAE on normal training images with generic synthetic anomalies (training/anomalies.py), as DRAEM
+trains its discriminative network. Its logits are the map, unsmoothed (``SEGMENTER_SMOOTHING``). Bundles without
+one (trained with ``map_steps = 0``, or written before it) keep the earlier map: the reconstruction residual at the
+posterior mean, weighted by how strongly the pixel pulls on the negative ELBO, sqrt(sum_c (x - x_hat)^2) *
+sum_c |d neg_elbo / d x| (the "combined" map of Zimmerer et al. 2019), smoothed by a Gaussian of
+``smoothing_sigma(H, W, SMOOTHING)`` pixels (2 at 28x28).
 
-Chosen by measurement on synthetic defects (scripts/bench_maps.py, docs/benchmarks/maps.md) against the residual
-alone, the input gradient alone, and per-location standardisation (each pixel against the normal maps' mean and
-spread at that location, as anomaly-map tools often do): per-location standardisation lowered the pixel AUROC (a
-detailed region is detailed wherever a garment puts it), so the standardisation is one affine map for the whole
-image, which leaves the ranking of pixels as it is. The smoothing was chosen the same way: a Gaussian of 1, 2 and 3
-pixels at 28x28 gave pixel AUROC 0.845, 0.858, 0.858 and PRO 0.555, 0.550, 0.514 (1 was the first choice; past 2 the
-thinnest defects, scratches, fade). The bundle stores the smoothing its scale was fitted with (bundles calibrated
-before it was stored used ``LEGACY_SMOOTHING``).
+Either map is then standardised by one centre and one spread fitted on held-out normal data, so 0 is its median
+pixel and 2.33 its 99th percentile pixel (as for a standard normal variable): most of a normal image's pixels, being
+background, sit near 0, so a spread measured around the median would make every edge look anomalous.
 
-Costs one more encoder and decoder pass with a backward pass to the input: computed only when asked for.
+Chosen by measurement on synthetic defects (scripts/bench_maps.py, docs/benchmarks/maps.md; the segmenter never
+trains on those defects' generator): pixel AUROC 0.938 and PRO 0.666 for the segmenter, against 0.858 and 0.550 for
+the residual map, 0.814 for the residual alone, 0.565 for the input gradient alone, 0.934 for the sum of the
+segmenter's and the residual map (each standardised), 0.913 for the segmenter standardised per location (each pixel
+against the normal maps' mean and spread at that location, as anomaly-map tools often do: a detailed region is
+detailed wherever a garment puts it, so the standardisation is one affine map for the whole image, which leaves the
+ranking of pixels as it is). Smoothing the segmenter's map by 1 or 2 pixels at 28x28 gave 0.941 and 0.938, PRO
+0.659 and 0.626; the residual map's 1, 2 and 3 pixels gave 0.845, 0.858, 0.858. The bundle stores the smoothing its
+scale was fitted with (bundles calibrated before it was stored used ``LEGACY_SMOOTHING``).
+
+The segmenter's map costs one more encoder and decoder pass and the segmenter's forward pass; the residual map one
+more encoder and decoder pass with a backward pass to the input. Either is computed only when asked for.
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ import torch
 import torchvision.transforms.functional as TF
 
 from detector.errors import BundleError
+from detector.model.segmenter import MapSegmenter, segment
 from detector.model.vae import VAE, kl_divergence
 
 Z_99 = 2.326  # the 99th percentile of a standard normal: the normal maps' 99th percentile pixel maps to it
@@ -37,6 +46,7 @@ MAX_FIT_PIXELS = 1_000_000
 SMOOTHING_KEY = "map/smoothing"
 MAP_CHUNK_DIMS = 1024 * 28 * 28  # input values per backward pass: 1,024 28x28 images, 16 3x128x128 frames
 SMOOTHING = 2.0  # the Gaussian's sigma in pixels per 28 pixels of the image's longer side
+SEGMENTER_SMOOTHING = 0.0  # the segmenter's maps: measured in scripts/bench_maps.py
 LEGACY_SMOOTHING = 1.0  # what bundles calibrated before the smoothing was stored were fitted with
 
 
@@ -59,20 +69,32 @@ def map_terms(model: VAE, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def smooth(maps: torch.Tensor, smoothing: float) -> torch.Tensor:
+    if smoothing <= 0:
+        return maps.float()
     sigma = smoothing_sigma(*maps.shape[-2:], smoothing)
     kernel = 2 * round(3 * sigma) + 1
     return TF.gaussian_blur(maps[:, None], [kernel, kernel], [sigma, sigma])[:, 0].float()
 
 
-def raw_maps(model: VAE, x: torch.Tensor, smoothing: float) -> torch.Tensor:
-    """Unstandardised maps (B, H, W) float32 for a model-space batch ``x`` (B, C, H, W), computed MAP_CHUNK_DIMS
-    input values at a time: the backward pass keeps every activation, so its memory grows with the chunk."""
+def raw_maps(model: VAE, x: torch.Tensor, smoothing: float, segmenter: MapSegmenter | None = None) -> torch.Tensor:
+    """Unstandardised maps (B, H, W) float32 for a model-space batch ``x`` (B, C, H, W): the segmenter's logits
+    when the bundle has one, else the residual x gradient map; computed MAP_CHUNK_DIMS input values at a time (the
+    residual map's backward pass keeps every activation, so its memory grows with the chunk)."""
     per_call = max(1, MAP_CHUNK_DIMS // math.prod(x.shape[1:]))
     parts = []
     for start in range(0, x.shape[0], per_call):
-        residual, grad = map_terms(model, x[start:start + per_call])
-        parts.append(smooth(residual * grad, smoothing))
+        chunk = x[start:start + per_call]
+        if segmenter is not None:
+            parts.append(smooth(segment(segmenter, model, chunk), smoothing))
+        else:
+            residual, grad = map_terms(model, chunk)
+            parts.append(smooth(residual * grad, smoothing))
     return torch.cat(parts)
+
+
+def fitted_smoothing(segmenter: MapSegmenter | None) -> float:
+    """The smoothing a new map scale is fitted with: the segmenter's maps are smooth already."""
+    return SMOOTHING if segmenter is None else SEGMENTER_SMOOTHING
 
 
 @dataclass(frozen=True)
@@ -105,9 +127,9 @@ class MapScale:
         smoothing = float(arrays[SMOOTHING_KEY][0]) if SMOOTHING_KEY in arrays else LEGACY_SMOOTHING
         return cls(float(arrays[CENTER][0]), float(arrays[SPREAD][0]), smoothing)
 
-    def maps(self, model: VAE, x: torch.Tensor) -> torch.Tensor:
+    def maps(self, model: VAE, x: torch.Tensor, segmenter: MapSegmenter | None = None) -> torch.Tensor:
         """Standardised maps (B, H, W) of a model-space batch, smoothed as the scale was fitted."""
-        return (raw_maps(model, x, self.smoothing) - self.center) / self.spread
+        return (raw_maps(model, x, self.smoothing, segmenter) - self.center) / self.spread
 
 
 def require_map_scale(scale: MapScale | None) -> MapScale:

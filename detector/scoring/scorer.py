@@ -24,6 +24,7 @@ from detector.progress import progress as progress_bar
 from detector.scoring.calibration import ScoreCalibration, calibration_from_bundle
 from detector.scoring.complexity import complexity_bpd
 from detector.scoring.latent import LEGACY_KNN_K, LatentReference
+from detector.model.segmenter import MapSegmenter, model_weights
 from detector.scoring.maps import MapScale, require_map_scale
 from detector.scoring.novelty import NoveltyFusion
 from detector.scoring.scores import DIAGNOSTICS, fixed_noise, raw_scores
@@ -159,8 +160,11 @@ class Scorer:
         self.precision = precision
         self.autocast_dtype = PRECISIONS[precision]
         self.model = VAE(self.model_cfg)
-        self.model.load_state_dict(bundle.weights)
+        self.model.load_state_dict(model_weights(bundle.weights))
         self.model.to(self.device).for_inference()
+        self.segmenter = MapSegmenter.from_bundle(cfg, bundle.weights)  # None: residual maps (maps.py)
+        if self.segmenter is not None:
+            self.segmenter.to(self.device)
         self.stager = DeviceStager(self.device, self.model_cfg.input_shape)
         score_cfg = cfg["score"]
         seed, latent_dim = int(score_cfg["noise_seed"]), self.model_cfg.latent_dim
@@ -257,7 +261,7 @@ class Scorer:
         """Standardised per-pixel anomaly maps (B, H, W) float32 of a checked batch (maps.py); ``x``: the batch
         already on the device."""
         scale = self.check_maps()
-        return scale.maps(self.model, self._to_device(batch) if x is None else x).cpu().numpy()
+        return scale.maps(self.model, self._to_device(batch) if x is None else x, self.segmenter).cpu().numpy()
 
     def score(self, batch: np.ndarray | CheckedBatch | Staged, diagnostics=(), maps: bool = False) -> ScoreResult:
         """Every default score, verdict and p-value for a batch; ``diagnostics`` names the costlier ones to add

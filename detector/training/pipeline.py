@@ -17,10 +17,12 @@ from detector.data.splits import fingerprint, split
 from detector.debias.sampler import debias_weights_fn
 from detector.model.bundle import Bundle, save_bundle
 from detector.model.device import resolve_device
+from detector.model.segmenter import prefixed
 from detector.model.vae import VAE, resolve_model_config
 from detector.scoring.latent import fit_latent_density
 from detector.scoring.scorer import score_settings
 from detector.training.checkpoint import checkpoint_dir
+from detector.training.segmenter import train_segmenter
 from detector.training.trainer import History, train_vae
 
 
@@ -77,8 +79,12 @@ def train_bundle(samples: SampleSet, settings: Settings, out: Path, resume: bool
         "train": {**dataclasses.asdict(tcfg), "max_epochs": history.max_epochs, "best_epoch": history.best_epoch,
                   "val_loss": history.val_loss, "samples_per_second": history.samples_per_second},
     }
-    bundle = Bundle(config=config, weights={k: v.detach().cpu() for k, v in model.state_dict().items()},
-                    density=density)
+    weights = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    if samples.kind == "image" and tcfg.map_steps:
+        segmenter = train_segmenter(model, train_data, tcfg, device, progress)
+        config["map_segmenter"] = segmenter.config()
+        weights.update(prefixed(segmenter))
+    bundle = Bundle(config=config, weights=weights, density=density)
     caught = calibrate_bundle(bundle, splits.val, splits.cal, score_cfg.target_fpr, tcfg.device,
                               score_cfg.batch_size, progress)
     bundle.calibration["calibration_split"] = {"seed": tcfg.seed, "val_fraction": tcfg.val_fraction,

@@ -1,0 +1,84 @@
+"""The anomaly-map segmenter: its synthetic training anomalies, the network, its training and how bundles keep it."""
+
+import torch
+
+from detector.config import TrainConfig
+from detector.data.synthetic import bars
+from detector.model.segmenter import PREFIX, MapSegmenter, model_weights, prefixed
+from detector.training.anomalies import CHANGED, synthesize
+from detector.training.segmenter import focal_loss, map_steps
+
+
+def images(n: int = 64, size: int = 16, channels: int = 1) -> torch.Tensor:
+    return torch.from_numpy(bars(n, size=size, channels=channels, seed=3)).float() / 255
+
+
+def test_synthetic_anomalies_are_deterministic_on_the_pixel_grid_and_targets_are_the_changed_pixels():
+    x = images()
+    out, target = synthesize(x, torch.Generator().manual_seed(5))
+    again, target_again = synthesize(x, torch.Generator().manual_seed(5))
+    assert torch.equal(out, again) and torch.equal(target, target_again)
+    assert out.shape == x.shape and target.shape == (64, 16, 16)
+    assert out.min() >= 0 and out.max() <= 1 and torch.equal(out * 255, (out * 255).round())
+    changed = (out - x).abs().amax(dim=1) > CHANGED
+    assert torch.equal(target.bool(), changed)
+    touched = target.flatten(1).any(dim=1)
+    assert 0.4 < touched.float().mean() < 0.95  # some images are left clean, most are not
+    assert target[touched].mean() < 0.3  # regions, not whole images
+
+
+def test_synthetic_anomalies_in_colour_and_other_sizes():
+    x = images(32, size=24, channels=3)
+    out, target = synthesize(x, torch.Generator().manual_seed(1))
+    assert out.shape == x.shape and target.shape == (32, 24, 24) and target.any()
+
+
+def test_segmenter_takes_any_size_and_its_weights_travel_with_the_model_weights():
+    seg = MapSegmenter(3, widths=(4, 6, 8)).eval()
+    for h, w in ((16, 16), (28, 28), (17, 30)):
+        x = torch.rand(2, 3, h, w)
+        assert seg(x, x).shape == (2, h, w)
+    stored = {"encoder.w": torch.zeros(1), **prefixed(seg)}
+    assert all(k.startswith(PREFIX) for k in prefixed(seg))
+    assert model_weights(stored) == {"encoder.w": stored["encoder.w"]}
+    rebuilt = MapSegmenter.from_bundle({"map_segmenter": seg.config()}, stored)
+    x = torch.rand(2, 3, 16, 16)
+    assert torch.equal(rebuilt(x, x), seg(x, x))
+    assert MapSegmenter.from_bundle({}, stored) is None  # a bundle written before the segmenter
+
+
+def test_steps_are_capped_by_passes_over_small_sets_and_focal_loss_prefers_the_truth():
+    assert map_steps(TrainConfig(), 48_000) == 1500
+    assert map_steps(TrainConfig(), 1_600) == 100  # 4 passes of 64
+    assert map_steps(TrainConfig(), 48_000, 64, 64) == 1500 * 784 // 4096  # the same pixels as at 28x28
+    target = (torch.rand(4, 8, 8) > 0.8).float()
+    right, wrong = (target * 2 - 1) * 4, (1 - target * 2) * 4
+    assert focal_loss(right, target) < focal_loss(torch.zeros_like(target), target) < focal_loss(wrong, target)
+
+
+def test_a_time_budget_cuts_the_steps_and_they_are_recorded(monkeypatch):
+    from detector.training import segmenter as training
+
+    assert training._fitting_steps(1500, elapsed=2.0, done=20, budget_s=60.0) == 600
+    assert training._fitting_steps(1500, elapsed=0.2, done=20, budget_s=60.0) == 1500  # fits: as planned
+    assert training._fitting_steps(1500, elapsed=100.0, done=20, budget_s=60.0) == 21  # over already: one more
+    assert training._fitting_steps(1500, elapsed=100.0, done=20, budget_s=0.0) == 1500  # no budget
+    clock = iter([0.0, 20.0])  # read at the start and after the probe steps: 20 steps "take" 20 s
+    monkeypatch.setattr(training.time, "perf_counter", lambda: next(clock))
+    seg = training.train_segmenter(_TinyVAE(), (images(32) * 255).to(torch.uint8),
+                                   TrainConfig(map_steps=1500, map_epochs=100, map_budget_s=30.0),
+                                   torch.device("cpu"), progress=False)
+    assert seg.steps == 30 and seg.config()["steps"] == 30
+
+
+class _TinyVAE(torch.nn.Module):
+    """Stands in for the VAE: the identity as reconstruction."""
+
+    def encode(self, x):
+        return x, x
+
+    def decode(self, z):
+        return z
+
+    def reconstruct(self, params):
+        return params
