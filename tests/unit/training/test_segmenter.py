@@ -59,11 +59,12 @@ def test_steps_are_capped_by_passes_over_small_sets_and_focal_loss_prefers_the_t
 def test_a_time_budget_cuts_the_steps_and_they_are_recorded(monkeypatch):
     from detector.training import segmenter as training
 
-    assert training._fitting_steps(1500, elapsed=2.0, done=20, budget_s=60.0) == 600
-    assert training._fitting_steps(1500, elapsed=0.2, done=20, budget_s=60.0) == 1500  # fits: as planned
-    assert training._fitting_steps(1500, elapsed=100.0, done=20, budget_s=60.0) == 21  # over already: one more
-    assert training._fitting_steps(1500, elapsed=100.0, done=20, budget_s=0.0) == 1500  # no budget
-    clock = iter([0.0, 20.0])  # read at the start and after the probe steps: 20 steps "take" 20 s
+    assert training._fitting_steps(1500, done=25, elapsed=3.0, pace=0.1, budget_s=60.0) == 25 + 570
+    assert training._fitting_steps(1500, done=25, elapsed=0.3, pace=0.01, budget_s=60.0) == 1500  # fits: as planned
+    assert training._fitting_steps(1500, done=25, elapsed=100.0, pace=1.0, budget_s=60.0) == 26  # over: one more
+    assert training._fitting_steps(1500, done=25, elapsed=100.0, pace=1.0, budget_s=0.0) == 1500  # no budget
+    # The clock is read at the start, after the warm-up steps and after the probe steps: 20 probe steps "take" 20 s.
+    clock = iter([0.0, 5.0, 25.0])
     monkeypatch.setattr(training.time, "perf_counter", lambda: next(clock))
     seg = training.train_segmenter(_TinyVAE(), (images(32) * 255).to(torch.uint8),
                                    TrainConfig(map_steps=1500, map_epochs=100, map_budget_s=30.0),
