@@ -113,7 +113,12 @@ def test_training_runs_on_the_device(data_dir, tmp_path):
     train_bundle(load_spec(str(data_dir / "normal.npz")), settings, tmp_path / "b", progress=False)
     config = json.loads((tmp_path / "b" / "config.json").read_text())
     assert np.isfinite(config["train"]["val_loss"]).all()
-    assert Scorer.from_path(tmp_path / "b", device="cuda").score(bars(4, size=16)).scores["novelty"].shape == (4,)
+    scorer = Scorer.from_path(tmp_path / "b", device="cuda")
+    assert scorer.score(bars(4, size=16)).scores["novelty"].shape == (4,)
+    # The map segmenter trained on the device too, and maps come from it there.
+    assert scorer.segmenter is not None and next(scorer.segmenter.parameters()).device.type == "cuda"
+    maps = scorer.score(bars(4, size=16), maps=True).anomaly_maps
+    assert maps.shape == (4, 16, 16) and np.isfinite(maps).all()
 
 
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="a 2-process NCCL step needs 2 GPUs")
