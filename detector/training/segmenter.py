@@ -82,7 +82,7 @@ def train_segmenter(model: VAE, train_data: torch.Tensor, cfg: TrainConfig, devi
         if schedule is not None:
             schedule.step()
         if step % 10 == 0:
-            bar.set_postfix(loss=f"{float(loss.detach()):.4f}")
+            bar.set_postfix(loss=f"{float(loss.detach()):.4f}", refresh=False)
         bar.update(1)
         step += 1
     bar.close()

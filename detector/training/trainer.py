@@ -211,7 +211,7 @@ def _train_epoch(net: torch.nn.Module, state: _Progress, cfg: TrainConfig, train
         optimizer.step()
         history.samples_seen += x.shape[0]
         if step % 10 == 0:
-            bar.set_postfix(loss=f"{float(loss.detach()):.1f}")
+            bar.set_postfix(loss=f"{float(loss.detach()):.1f}", refresh=False)
         bar.update(1)
     bar.close()
     history.train_loss.append(float(loss.detach()))
