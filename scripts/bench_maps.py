@@ -35,7 +35,7 @@ from detector.data import load_spec
 from detector.data.batches import load_tensor
 from detector.data.defects import KINDS, SIZES, add_defects
 from detector.data.splits import split
-from detector.model.segmenter import model_weights, prefixed, segment
+from detector.model.segmenter import segment
 from detector.scoring.maps import SEGMENTER_SMOOTHING, SMOOTHING, MapScale, map_terms, smooth
 from detector.scoring.scorer import PRIMARY, Scorer
 from detector.training.segmenter import train_segmenter
@@ -78,8 +78,8 @@ def retrained(scorer: Scorer, steps: int) -> Scorer:
     images = load_tensor(parts.train).reshape(len(parts.train), *scorer.sample_shape)
     segmenter = train_segmenter(scorer.model, images, TrainConfig(map_steps=steps, map_budget_s=0,
                                                                   seed=train_cfg["seed"]), scorer.device)
-    return Scorer(dataclasses.replace(bundle, config={**bundle.config, "map_segmenter": segmenter.config()},
-                                      weights={**model_weights(bundle.weights), **prefixed(segmenter)}), device="cpu")
+    config, weights = segmenter.stored_with(bundle.config, bundle.weights)
+    return Scorer(dataclasses.replace(bundle, config=config, weights=weights), device="cpu")
 
 
 def derived_maps(reference: dict[str, np.ndarray]):

@@ -15,7 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-PREFIX = "map_segmenter."
+PREFIX = "map_segmenter."  # its weights' names in model.safetensors
+CONFIG_KEY = "map_segmenter"  # its shape in config.json
 WIDTHS = (16, 32, 64)  # channels at full, half and quarter resolution. (8, 24, 64) trained 1.45x faster but gave
 # pixel AUROC 0.917 against 0.935 (scripts/bench_maps.py's defects, 1,500 steps)
 
@@ -46,13 +47,19 @@ class MapSegmenter(nn.Module):
         return self.out(u1)[:, 0]
 
     def config(self) -> dict:
-        """What the bundle's config.json stores to rebuild it (``from_config``)."""
+        """What the bundle's config.json stores under CONFIG_KEY to rebuild it (``from_bundle``)."""
         return {"channels": self.channels, "widths": list(self.widths), "steps": self.steps}
+
+    def stored_with(self, config: dict, weights: dict[str, torch.Tensor]) -> tuple[dict, dict[str, torch.Tensor]]:
+        """A bundle's config and weights with this segmenter in them, replacing any it held (the inverse of
+        ``from_bundle``); the arguments are left as they are."""
+        mine = {PREFIX + k: v.detach().cpu() for k, v in self.state_dict().items()}
+        return {**config, CONFIG_KEY: self.config()}, {**model_weights(weights), **mine}
 
     @classmethod
     def from_bundle(cls, config: dict, weights: dict[str, torch.Tensor]) -> "MapSegmenter | None":
         """The bundle's segmenter, or None for bundles written before it (config.json has no "map_segmenter")."""
-        spec = config.get("map_segmenter")
+        spec = config.get(CONFIG_KEY)
         if spec is None:
             return None
         segmenter = cls(int(spec["channels"]), tuple(int(w) for w in spec["widths"]))
@@ -78,7 +85,3 @@ def model_weights(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The VAE's own weights: a bundle's weights without the segmenter's."""
     return {k: v for k, v in weights.items() if not k.startswith(PREFIX)}
 
-
-def prefixed(segmenter: MapSegmenter) -> dict[str, torch.Tensor]:
-    """The segmenter's weights as the bundle stores them."""
-    return {PREFIX + k: v.detach().cpu() for k, v in segmenter.state_dict().items()}

@@ -3,8 +3,8 @@ discriminative network: an irregular region (smooth random noise, thresholded) o
 something else, and the target is the set of pixels that changed.
 
 What fills the region: another training image, uniform noise, a flat grey level, the image itself blurred, or
-scaled or shifted in brightness, each blended at an opacity between 0.5 and 1 (or fully), some with soft edges. Most regions are kept on
-the object (a dilated foreground), some fall anywhere. A share of each batch is left clean, so the segmenter also
+scaled or shifted in brightness, each blended at an opacity between 0.5 and 1 (or fully), some with soft edges.
+Most regions are kept on the object (a dilated foreground), some fall anywhere. A share of each batch is left clean, so the segmenter also
 learns to say nothing. Region shapes, sizes and fills are drawn independently of the benchmark's defects
 (data/defects.py), which the maps are measured on and never trained on.
 """
@@ -26,6 +26,12 @@ def _uniform(n: int, lo: float, hi: float, g: torch.Generator, device) -> torch.
     return lo + (hi - lo) * torch.rand(n, generator=g, device=device)
 
 
+def _blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """A Gaussian blur of (B, C, H, W) with ``sigma`` pixels, its kernel 3 sigma each side."""
+    kernel = 2 * round(3 * sigma) + 1
+    return TF.gaussian_blur(x, [kernel, kernel], [sigma, sigma])
+
+
 def region_masks(n: int, h: int, w: int, g: torch.Generator, device) -> torch.Tensor:
     """(n, 1, h, w) 0/1 masks: noise on a coarse grid (2..7 cells a side), upsampled smoothly, above a per-image
     quantile between 0.8 and 0.98 (2% to 20% of the image)."""
@@ -42,9 +48,7 @@ def _fills(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     b, device = x.shape[0], x.device
     col = lambda v: v.view(b, 1, 1, 1)  # noqa: E731
     other = x[torch.randperm(b, generator=g, device=device)]
-    sigma = float(_uniform(1, 0.03, 0.09, g, device)) * max(x.shape[-2:])
-    kernel = 2 * round(3 * sigma) + 1
-    blurred = TF.gaussian_blur(x, [kernel, kernel], [sigma, sigma])
+    blurred = _blur(x, float(_uniform(1, 0.03, 0.09, g, device)) * max(x.shape[-2:]))
     darker = torch.rand(b, generator=g, device=device) < 0.5
     scale = torch.where(darker, _uniform(b, 0.2, 0.7, g, device), _uniform(b, 1.3, 2.5, g, device))
     grey = torch.randint(0, 3, (b,), generator=g, device=device).float() / 2
@@ -61,10 +65,8 @@ def synthesize(x: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, torch
     foreground = F.max_pool2d((x.mean(1, keepdim=True) > 0.15).float(), 5, 1, 2)
     on_object = (torch.rand(b, 1, 1, 1, generator=g, device=device) < ON_OBJECT_SHARE).float()
     mask = mask * (on_object * foreground + 1 - on_object)
-    sigma = 0.05 * max(h, w)
-    kernel = 2 * round(3 * sigma) + 1
     soft = (torch.rand(b, 1, 1, 1, generator=g, device=device) < SOFT_SHARE).float()
-    mask = soft * TF.gaussian_blur(mask, [kernel, kernel], [sigma, sigma]) + (1 - soft) * mask
+    mask = soft * _blur(mask, 0.05 * max(h, w)) + (1 - soft) * mask
     kind = torch.randint(0, N_FILLS, (b,), generator=g, device=device)
     fill = _fills(x, g)[kind, torch.arange(b, device=device)]
     opaque = torch.rand(b, generator=g, device=device) < 0.5

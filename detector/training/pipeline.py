@@ -17,7 +17,6 @@ from detector.data.splits import fingerprint, split
 from detector.debias.sampler import debias_weights_fn
 from detector.model.bundle import Bundle, save_bundle
 from detector.model.device import resolve_device
-from detector.model.segmenter import prefixed
 from detector.model.vae import VAE, resolve_model_config
 from detector.scoring.latent import fit_latent_density
 from detector.scoring.scorer import score_settings
@@ -81,9 +80,7 @@ def train_bundle(samples: SampleSet, settings: Settings, out: Path, resume: bool
     }
     weights = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     if samples.kind == "image" and tcfg.map_steps:
-        segmenter = train_segmenter(model, train_data, tcfg, device, progress)
-        config["map_segmenter"] = segmenter.config()
-        weights.update(prefixed(segmenter))
+        config, weights = train_segmenter(model, train_data, tcfg, device, progress).stored_with(config, weights)
     bundle = Bundle(config=config, weights=weights, density=density)
     caught = calibrate_bundle(bundle, splits.val, splits.cal, score_cfg.target_fpr, tcfg.device,
                               score_cfg.batch_size, progress)

@@ -4,7 +4,7 @@ import torch
 
 from detector.config import TrainConfig
 from detector.data.synthetic import bars
-from detector.model.segmenter import PREFIX, MapSegmenter, model_weights, prefixed
+from detector.model.segmenter import CONFIG_KEY, PREFIX, MapSegmenter, model_weights
 from detector.training.anomalies import CHANGED, synthesize
 from detector.training.segmenter import focal_loss, map_steps
 
@@ -38,10 +38,13 @@ def test_segmenter_takes_any_size_and_its_weights_travel_with_the_model_weights(
     for h, w in ((16, 16), (28, 28), (17, 30)):
         x = torch.rand(2, 3, h, w)
         assert seg(x, x).shape == (2, h, w)
-    stored = {"encoder.w": torch.zeros(1), **prefixed(seg)}
-    assert all(k.startswith(PREFIX) for k in prefixed(seg))
+    vae_weights = {"encoder.w": torch.zeros(1)}
+    config, stored = seg.stored_with({"name": "vae"}, vae_weights)
+    assert vae_weights == {"encoder.w": stored["encoder.w"]} and len(vae_weights) == 1  # its arguments untouched
+    assert all(k.startswith(PREFIX) for k in stored if k != "encoder.w")
     assert model_weights(stored) == {"encoder.w": stored["encoder.w"]}
-    rebuilt = MapSegmenter.from_bundle({"map_segmenter": seg.config()}, stored)
+    assert config == {"name": "vae", CONFIG_KEY: seg.config()}
+    rebuilt = MapSegmenter.from_bundle(config, stored)
     x = torch.rand(2, 3, 16, 16)
     assert torch.equal(rebuilt(x, x), seg(x, x))
     assert MapSegmenter.from_bundle({}, stored) is None  # a bundle written before the segmenter
