@@ -42,7 +42,7 @@ from detector.training.segmenter import train_segmenter
 
 PRO_MAX_FPR = 0.3
 ALTERNATIVE_SMOOTHING = (1.0, 3.0)  # beside the residual map's SMOOTHING; 1 was its first, measured against 2
-SEGMENTER_ALTERNATIVE_SMOOTHING = (1.0, 2.0)  # beside SEGMENTER_SMOOTHING
+SEGMENTER_ALTERNATIVE_SMOOTHING = (0.0, 2.0)  # beside SEGMENTER_SMOOTHING (0: unsmoothed, served until 2026-12-01)
 SERVED = "segmenter (served)"
 RESIDUAL = "residual x gradient (served before the segmenter, and by bundles without one)"
 

@@ -47,7 +47,7 @@ MAX_FIT_PIXELS = 1_000_000
 SMOOTHING_KEY = "map/smoothing"
 MAP_CHUNK_DIMS = 1024 * 28 * 28  # input values per backward pass: 1,024 28x28 images, 16 3x128x128 frames
 SMOOTHING = 2.0  # the Gaussian's sigma in pixels per 28 pixels of the image's longer side
-SEGMENTER_SMOOTHING = 0.0  # the segmenter's maps: measured in scripts/bench_maps.py
+SEGMENTER_SMOOTHING = 1.0  # the segmenter's maps: measured in scripts/bench_maps.py
 LEGACY_SMOOTHING = 1.0  # what bundles calibrated before the smoothing was stored were fitted with
 
 

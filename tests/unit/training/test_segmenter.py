@@ -1,5 +1,6 @@
 """The anomaly-map segmenter: its synthetic training anomalies, the network, its training and how bundles keep it."""
 
+import pytest
 import torch
 
 from detector.config import TrainConfig
@@ -50,10 +51,23 @@ def test_segmenter_takes_any_size_and_its_weights_travel_with_the_model_weights(
     assert MapSegmenter.from_bundle({}, stored) is None  # a bundle written before the segmenter
 
 
+def test_segmenters_written_with_concatenated_skips_still_load_and_give_their_maps():
+    """Bundles of 2026-12-01 hold a U-Net whose up-blocks concatenate; their config names no "skips"."""
+    old = MapSegmenter(1, widths=(4, 6, 8), skips="concat").eval()
+    config, weights = old.stored_with({}, {})
+    del config[CONFIG_KEY]["skips"]
+    rebuilt = MapSegmenter.from_bundle(config, weights)
+    assert rebuilt.skips == "concat" and MapSegmenter(1, widths=(4, 6, 8)).skips == "add"
+    x = torch.rand(2, 1, 12, 12)
+    assert torch.equal(rebuilt(x, x), old(x, x))
+    with pytest.raises(ValueError, match="add.*concat"):
+        MapSegmenter(1, skips="sum")
+
+
 def test_steps_are_capped_by_passes_over_small_sets_and_focal_loss_prefers_the_truth():
-    assert map_steps(TrainConfig(), 48_000) == 1500
+    assert map_steps(TrainConfig(), 48_000) == 3000
     assert map_steps(TrainConfig(), 1_600) == 100  # 4 passes of 64
-    assert map_steps(TrainConfig(), 48_000, 64, 64) == 1500 * 784 // 4096  # the same pixels as at 28x28
+    assert map_steps(TrainConfig(), 48_000, 64, 64) == 3000 * 784 // 4096  # the same pixels as at 28x28
     target = (torch.rand(4, 8, 8) > 0.8).float()
     right, wrong = (target * 2 - 1) * 4, (1 - target * 2) * 4
     assert focal_loss(right, target) < focal_loss(torch.zeros_like(target), target) < focal_loss(wrong, target)
