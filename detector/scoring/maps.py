@@ -3,26 +3,26 @@
 A bundle trained with this version holds a map segmenter (model/segmenter.py): a small U-Net that reads the image
 beside the VAE's reconstruction of it and gives each pixel a logit for "departs from what the model knows here",
 trained after the VAE on normal training images with generic synthetic anomalies (training/anomalies.py), as DRAEM
-trains its discriminative network. Its logits are the map, unsmoothed (``SEGMENTER_SMOOTHING``). Bundles without
-one (trained with ``map_steps = 0``, or written before it) keep the earlier map: the reconstruction residual at the
-posterior mean, weighted by how strongly the pixel pulls on the negative ELBO, sqrt(sum_c (x - x_hat)^2) *
-sum_c |d neg_elbo / d x| (the "combined" map of Zimmerer et al. 2019), smoothed by a Gaussian of
-``smoothing_sigma(H, W, SMOOTHING)`` pixels (2 at 28x28).
+trains its discriminative network. Its logits, smoothed by a Gaussian of ``SEGMENTER_SMOOTHING`` pixels at 28x28,
+are the map. Bundles without one (trained with ``map_steps = 0``, or written before it) keep the earlier map: the
+reconstruction residual at the posterior mean, weighted by how strongly the pixel pulls on the negative ELBO,
+sqrt(sum_c (x - x_hat)^2) * sum_c |d neg_elbo / d x| (the "combined" map of Zimmerer et al. 2019), smoothed by a
+Gaussian of ``smoothing_sigma(H, W, SMOOTHING)`` pixels (2 at 28x28).
 
 Either map is then standardised by one centre and one spread fitted on held-out normal data, so 0 is its median
 pixel and 2.33 its 99th percentile pixel (as for a standard normal variable): most of a normal image's pixels, being
 background, sit near 0, so a spread measured around the median would make every edge look anomalous.
 
 Chosen by measurement on synthetic defects (scripts/bench_maps.py, docs/benchmarks/maps.md; the segmenter never
-trains on those defects' generator): pixel AUROC 0.938 and PRO 0.676 for the segmenter, against 0.858 and 0.550 for
-the residual map, 0.814 for the residual alone, 0.565 for the input gradient alone, 0.933 for the sum of the
-segmenter's and the residual map (each standardised), 0.916 for the segmenter standardised per location (each pixel
+trains on those defects' generator): pixel AUROC 0.952 and PRO 0.723 for the segmenter, against 0.858 and 0.550 for
+the residual map, 0.814 for the residual alone, 0.565 for the input gradient alone, 0.941 for the sum of the
+segmenter's and the residual map (each standardised), 0.932 for the segmenter standardised per location (each pixel
 against the normal maps' mean and spread at that location, as anomaly-map tools often do: a detailed region is
 detailed wherever a garment puts it, so the standardisation is one affine map for the whole image, which leaves the
-ranking of pixels as it is). Smoothing the segmenter's map by 1 or 2 pixels at 28x28 gave 0.941 and 0.941, PRO
-0.671 and 0.644 (on another segmenter 0.941 and 0.938 against 0.938 unsmoothed: +0.003 AUROC for a little PRO, so it
-is served sharp); the residual map's 1, 2 and 3 pixels gave 0.845, 0.858, 0.858. The bundle stores the smoothing its
-scale was fitted with (bundles calibrated before it was stored used ``LEGACY_SMOOTHING``).
+ranking of pixels as it is). The segmenter's map smoothed by 0, 1 and 2 pixels at 28x28 gave 0.949, 0.952 and 0.952,
+PRO 0.728, 0.723 and 0.701 (1 pixel added 0.002-0.006 in each of 14 other segmenters measured); the
+residual map's 1, 2 and 3 pixels gave 0.845, 0.858, 0.858. The bundle stores the smoothing its scale was fitted with
+(bundles calibrated before it was stored used ``LEGACY_SMOOTHING``; those of 2026-12-01 hold 0 for the segmenter).
 
 The segmenter's map costs one more encoder and decoder pass and the segmenter's forward pass; the residual map one
 more encoder and decoder pass with a backward pass to the input. Either is computed only when asked for.
