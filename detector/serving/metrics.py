@@ -84,6 +84,9 @@ class ServerMetrics:
                                     buckets=BATCH_BUCKETS, registry=registry)
         self.score = Histogram("detector_score", "Distribution of scores.", ["model_version", "score"],
                                buckets=NOVELTY_BUCKETS, registry=registry)
+        self.held = Counter("detector_requests_held_total",
+                            "Requests held until the retry pushback their connection was given had passed (clients "
+                            "that resend before it).", registry=registry)
         self.reloads = Counter("detector_model_reloads_total", "Model reload attempts (SIGHUP) by outcome.", ["outcome"],
                                registry=registry)
         for outcome in ("loaded", "refused"):

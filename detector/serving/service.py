@@ -19,6 +19,7 @@ from detector.scoring.scores import DIAGNOSTICS
 from detector.scoring.staging import Staged
 from detector.serving.batcher import DynamicBatcher
 from detector.serving.metrics import ServerMetrics
+from detector.serving.pushback import PushbackLedger
 
 log = logging.getLogger("detector.serve")
 
@@ -36,6 +37,7 @@ class ScoringService:
         self.batcher = DynamicBatcher(score_batch, ScoreResult.split, cfg.max_batch_samples, cfg.max_delay_ms / 1000,
                                       cfg.max_queue_samples, observer=metrics, enabled=cfg.batching,
                                       max_queue_wait_s=wait, join=CheckedBatch.join, stage=stage_batch)
+        self.pushback = PushbackLedger()
         self._reload_lock = asyncio.Lock()
         metrics.bind_live(self.live)
 
@@ -113,10 +115,12 @@ class ScoringService:
         return self.scorer.check(to_channels_first(samples, layout, self.scorer.sample_shape))
 
     async def score(self, samples: np.ndarray, n_ids: int = 0, deadline: float | None = None,
-                    diagnostics=(), layout: str = "NCHW", maps: bool = False) -> tuple[str, ScoreResult]:
+                    diagnostics=(), layout: str = "NCHW", maps: bool = False,
+                    client: str = "") -> tuple[str, ScoreResult]:
         """Score one request's samples, given in ``layout`` (detector/data/layout.py); ``deadline`` is a
         time.monotonic() value; ``diagnostics`` names costlier scores to add; ``maps``: per-pixel anomaly maps
-        too. Requests share a batch only with requests of the same model, diagnostics and maps."""
+        too. Requests share a batch only with requests of the same model, diagnostics and maps. ``client`` names
+        the connection (serving/pushback.py): one that comes back before the pushback it was given waits for it."""
         if not self.ready:
             self.last_refused = time.monotonic()
             raise ModelNotReady("model not ready (loading, or the server is shutting down); retry shortly")
@@ -125,7 +129,14 @@ class ScoringService:
         scorer = self.scorer  # the model this request is admitted under, even if a reload follows
         if maps:
             scorer.check_maps()
-        result: ScoreResult = await self.batcher.submit(samples, deadline, model=(scorer, asked, maps))
+        try:
+            if await self.pushback.hold(client, deadline):
+                self.metrics.held.inc()
+            result: ScoreResult = await self.batcher.submit(samples, deadline, model=(scorer, asked, maps))
+        except Overloaded as exc:
+            if exc.retry_after_s is not None:
+                self.pushback.told(client, exc.retry_after_s)
+            raise
         self.metrics.record_results(scorer.model_version, result, scorer.calibration.get(PRIMARY))
         return scorer.model_version, result
 

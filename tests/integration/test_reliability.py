@@ -47,6 +47,11 @@ def request(n, seed=0, request_id="r"):
     return score_request(bars(n, size=16, seed=seed), request_id=request_id)
 
 
+def own_connection(target):
+    """A stub on a TCP connection of its own (channels to one target otherwise share one: one peer address)."""
+    return pb_grpc.DetectorStub(grpc.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)]))
+
+
 def code_of(fn):
     try:
         fn()
@@ -178,19 +183,47 @@ def test_a_refusal_says_when_to_come_back_and_the_client_waits_that_long(scorer)
         stub(s.target).Score(request(4), timeout=10)  # teaches the batcher its speed
         busy = [stub(s.target).Score.future(request(4), timeout=20) for _ in range(4)]  # 0.8 s of work
         time.sleep(0.05)
-        with pytest.raises(grpc.RpcError) as err:
-            stub(s.target).Score(request(4), timeout=20)
+        with pytest.raises(grpc.RpcError) as err:  # a connection of its own: not one told to wait (pushback.py)
+            own_connection(s.target).Score(request(4), timeout=20)
         assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         pushback = dict(err.value.trailing_metadata())["grpc-retry-pushback-ms"]
         assert 1 <= int(pushback) <= 3000 and "retry in about" in err.value.details()
 
         refused = s.metric("detector_requests_total", method="Score", code="RESOURCE_EXHAUSTED")
-        busy += [stub(s.target).Score.future(request(4), timeout=20) for _ in range(3)]
+        more = own_connection(s.target)
+        busy += [more.Score.future(request(4), timeout=20) for _ in range(3)]
         time.sleep(0.05)
         with DetectorClient(s.target, timeout=20) as client:  # refused at first, then retried after the pushback
             assert len(client.score(bars(4, size=16, seed=1))) == 4
         assert s.metric("detector_requests_total", method="Score", code="RESOURCE_EXHAUSTED") > refused
         assert all(len(f.result().results) == 4 for f in busy if f.exception() is None)
+
+
+def test_a_client_that_resends_before_its_pushback_is_held_until_then_and_others_are_not(scorer):
+    def slow(model, batch):
+        time.sleep(0.2)
+        return score_batch(model, batch)
+
+    with ServerThread(scorer, max_batch_samples=4, max_delay_ms=0, max_queue_wait_ms=300) as s:
+        s.running.service.batcher._score_batch = slow
+        busy_client, eager, polite = (own_connection(s.target) for _ in range(3))
+        busy_client.Score(request(4), timeout=10)  # teaches the batcher its speed
+        busy = [busy_client.Score.future(request(4), timeout=20) for _ in range(2)]  # 0.4 s of work
+        time.sleep(0.05)
+        with pytest.raises(grpc.RpcError) as err:
+            eager.Score(request(4), timeout=20)
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        told = int(dict(err.value.trailing_metadata())["grpc-retry-pushback-ms"]) / 1000
+        assert told >= 0.1
+
+        started = time.monotonic()
+        resent = eager.Score.future(request(4), timeout=20)  # at once, ignoring the pushback
+        other = polite.Score.future(request(4), timeout=20)  # another client, never refused: not held
+        code_of(resent.result)
+        assert time.monotonic() - started >= told - 0.06  # its pushback had passed (less what passed before)
+        assert code_of(other.result) in (grpc.StatusCode.OK, grpc.StatusCode.RESOURCE_EXHAUSTED)
+        assert s.metric("detector_requests_held_total") == 1  # the resent request; the other client's was not held
+        assert all(code_of(f.result) in (grpc.StatusCode.OK, grpc.StatusCode.RESOURCE_EXHAUSTED) for f in busy)
 
 
 def test_reload_swaps_model_and_results_follow(scorer, other_bundle):

@@ -15,6 +15,7 @@ from detector.errors import (BundleError, DeadlineExpired, DetectorError, Invali
                              Unauthenticated)
 from detector.serving.grpc.converters import (lenient_parser, model_info_message, parsed, result_to_response,
                                               tensor_layout, tensor_to_array)
+from detector.serving.pushback import identity
 from detector.serving.service import ScoringService, deadline_from_remaining
 from detector.v1 import detector_pb2 as pb
 from detector.v1 import detector_pb2_grpc as pb_grpc
@@ -104,7 +105,7 @@ class DetectorServicer(pb_grpc.DetectorServicer):
         version, result = await self.service.score(samples, len(request.sample_ids),
                                                    deadline_from_remaining(context.time_remaining()),
                                                    request.diagnostics, tensor_layout(request.samples),
-                                                   maps=request.return_anomaly_maps)
+                                                   maps=request.return_anomaly_maps, client=identity(context.peer()))
         return result_to_response(request.request_id, version, result, request.sample_ids)
 
     @_observed("Score")
