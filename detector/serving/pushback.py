@@ -4,8 +4,8 @@ A refusal tells the client when to come back (`grpc-retry-pushback-ms`). A clien
 gains nothing from it but costs everyone: every refusal is work for the server's event loop, and a client on the
 same machine takes the cores the queue it was refused by needs (under a 20x overload on 2 cores, resending clients
 slowed the admitted queue 2.7x, and a quarter of the admitted requests missed their deadline). So a request that
-arrives on a connection before the pushback that connection was given has passed is held until then (never past
-its own deadline) and only then goes to admission, like any other. A client that honours the pushback is never held.
+arrives on a connection before the pushback that connection was given has passed is held for it (never past its own
+deadline) and only then goes to admission, like any other. A client that honours the pushback is never held.
 
 Connections are told apart by their peer address (address and port: one per channel). Peers that cannot be told
 apart (Unix sockets) are never held: one client's pushback would hold the others.
@@ -19,7 +19,9 @@ from typing import Callable
 
 from detector.errors import Overloaded
 
-# A held request is answered this long before its deadline at the latest, so the refusal reaches the client in time.
+# A request held past its deadline is refused with this share of its time left (at least ANSWER_GUARD_S), so the
+# refusal reaches the client in time through a busy event loop.
+ANSWER_GUARD_SHARE = 0.2
 ANSWER_GUARD_S = 0.05
 PRUNE_EVERY = 256  # calls between sweeps of passed entries
 
@@ -49,13 +51,16 @@ class PushbackLedger:
 
     async def hold(self, client: str, deadline: float | None) -> float:
         """Wait until ``client``'s pushback has passed; the seconds held. Where the deadline (a time.monotonic()
-        value) comes first, refuse (Overloaded) just before it, with the rest of the pushback as the new one."""
+        value) comes first, refuse (Overloaded) before it, with the rest of the pushback as the new one. (Held
+        requests come back together when it passes; spreading them over its second half, as a refusal's pushback
+        is drawn, measured worse: more of them came back to a full queue, to be refused and held again.)"""
         wait = self.due(client)
         if not wait:
             return 0.0
         now = self._clock()
-        if deadline is not None and now + wait > deadline - ANSWER_GUARD_S:
-            await asyncio.sleep(max(deadline - ANSWER_GUARD_S - now, 0.0))
+        answer_by = None if deadline is None else deadline - max(ANSWER_GUARD_SHARE * (deadline - now), ANSWER_GUARD_S)
+        if answer_by is not None and now + wait > answer_by:
+            await asyncio.sleep(max(answer_by - now, 0.0))
             rest = self.due(client)
             raise Overloaded(f"this connection came back before the retry pushback it was given; its deadline "
                              f"passes first; retry in about {rest * 1000:.0f} ms", max(rest, 0.001))
