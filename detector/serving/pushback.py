@@ -24,6 +24,9 @@ from detector.errors import Overloaded
 ANSWER_GUARD_SHARE = 0.2
 ANSWER_GUARD_S = 0.05
 PRUNE_EVERY = 256  # calls between sweeps of passed entries
+# At most this many requests held at once (each keeps its samples in memory); past it, early requests go straight to
+# admission, which refuses them at once as before. Closed-loop clients hold at most one request each.
+MAX_HELD = 1024
 
 
 def identity(peer: str) -> str:
@@ -33,8 +36,10 @@ def identity(peer: str) -> str:
 
 
 class PushbackLedger:
-    def __init__(self, clock: Callable[[], float] = time.monotonic):
+    def __init__(self, clock: Callable[[], float] = time.monotonic, max_held: int = MAX_HELD):
         self._clock = clock
+        self.max_held = max_held
+        self._holding = 0
         self._not_before: dict[str, float] = {}
         self._calls = 0
 
@@ -55,8 +60,15 @@ class PushbackLedger:
         requests come back together when it passes; spreading them over its second half, as a refusal's pushback
         is drawn, measured worse: more of them came back to a full queue, to be refused and held again.)"""
         wait = self.due(client)
-        if not wait:
+        if not wait or self._holding >= self.max_held:
             return 0.0
+        self._holding += 1
+        try:
+            return await self._wait(client, wait, deadline)
+        finally:
+            self._holding -= 1
+
+    async def _wait(self, client: str, wait: float, deadline: float | None) -> float:
         now = self._clock()
         answer_by = None if deadline is None else deadline - max(ANSWER_GUARD_SHARE * (deadline - now), ANSWER_GUARD_S)
         if answer_by is not None and now + wait > answer_by:
@@ -75,3 +87,8 @@ class PushbackLedger:
 
     def __len__(self) -> int:
         return len(self._not_before)
+
+    @property
+    def holding(self) -> int:
+        """Requests held now."""
+        return self._holding

@@ -78,3 +78,15 @@ def test_passed_pushbacks_are_swept(monkeypatch):
     for _ in range(4):
         ledger.due("ipv4:10.0.0.9:1")
     assert len(ledger) == 1 and ledger.due("ipv4:10.0.0.2:1") == pytest.approx(58.0)
+
+
+def test_past_the_cap_an_early_request_is_not_held_but_sent_on_to_admission():
+    ledger = PushbackLedger(max_held=1)
+    ledger.told("ipv4:10.0.0.1:1", 0.2)
+
+    async def two():
+        return await asyncio.gather(ledger.hold("ipv4:10.0.0.1:1", None), ledger.hold("ipv4:10.0.0.1:1", None))
+
+    held = sorted(run(two()))
+    assert held[0] == 0.0 and held[1] > 0.15
+    assert ledger.holding == 0
