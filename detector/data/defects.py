@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torchvision.transforms.functional as TF
+
+from detector.data.blur import gaussian_blur
 
 KINDS = ("patch", "scratch", "hole", "blob", "blur", "brightness")
 SIZES = {"small": (1.5, 2.5), "medium": (2.5, 4.0), "large": (4.0, 6.0)}  # radius in pixels at 28x28
@@ -48,9 +49,7 @@ def _one(img: np.ndarray, donor: np.ndarray, kind: str, radius: float, rng: np.r
         out = np.clip(img + 0.8 * rng.choice([-1.0, 1.0]) * bump[None], 0, 1)
     elif kind == "blur":
         box = _box(cy, cx, half + 1, h, w)
-        sigma = 0.07 * h
-        k = 2 * int(round(3 * sigma)) + 1
-        blurred = TF.gaussian_blur(torch.from_numpy(img), [k, k], [sigma, sigma]).numpy()
+        blurred = gaussian_blur(torch.from_numpy(img), 0.07 * h).numpy()
         out[:, box[0], box[1]] = blurred[:, box[0], box[1]]
     elif kind == "brightness":
         box = _box(cy, cx, half + 1, h, w)

@@ -35,8 +35,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torchvision.transforms.functional as TF
 
+from detector.data.blur import gaussian_blur
 from detector.errors import BundleError
 from detector.model.segmenter import MapSegmenter, segment
 from detector.model.vae import VAE, kl_divergence
@@ -72,9 +72,7 @@ def map_terms(model: VAE, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def smooth(maps: torch.Tensor, smoothing: float) -> torch.Tensor:
     if smoothing <= 0:
         return maps.float()
-    sigma = smoothing_sigma(*maps.shape[-2:], smoothing)
-    kernel = 2 * round(3 * sigma) + 1
-    return TF.gaussian_blur(maps[:, None], [kernel, kernel], [sigma, sigma])[:, 0].float()
+    return gaussian_blur(maps[:, None], smoothing_sigma(*maps.shape[-2:], smoothing))[:, 0].float()
 
 
 def raw_maps(model: VAE, x: torch.Tensor, smoothing: float, segmenter: MapSegmenter | None = None) -> torch.Tensor:

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-import torchvision.transforms.functional as TF
+
+from detector.data.blur import gaussian_blur
 
 CLEAN_SHARE = 0.3  # of each batch, left without an anomaly
 ON_OBJECT_SHARE = 0.7  # of the regions, restricted to the dilated foreground
@@ -24,12 +25,6 @@ N_FILLS = 6
 
 def _uniform(n: int, lo: float, hi: float, g: torch.Generator, device) -> torch.Tensor:
     return lo + (hi - lo) * torch.rand(n, generator=g, device=device)
-
-
-def _blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    """A Gaussian blur of (B, C, H, W) with ``sigma`` pixels, its kernel 3 sigma each side."""
-    kernel = 2 * round(3 * sigma) + 1
-    return TF.gaussian_blur(x, [kernel, kernel], [sigma, sigma])
 
 
 def region_masks(n: int, h: int, w: int, g: torch.Generator, device) -> torch.Tensor:
@@ -48,7 +43,7 @@ def _fills(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     b, device = x.shape[0], x.device
     col = lambda v: v.view(b, 1, 1, 1)  # noqa: E731
     other = x[torch.randperm(b, generator=g, device=device)]
-    blurred = _blur(x, float(_uniform(1, 0.03, 0.09, g, device)) * max(x.shape[-2:]))
+    blurred = gaussian_blur(x, float(_uniform(1, 0.03, 0.09, g, device)) * max(x.shape[-2:]))
     darker = torch.rand(b, generator=g, device=device) < 0.5
     scale = torch.where(darker, _uniform(b, 0.2, 0.7, g, device), _uniform(b, 1.3, 2.5, g, device))
     grey = torch.randint(0, 3, (b,), generator=g, device=device).float() / 2
@@ -66,7 +61,7 @@ def synthesize(x: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, torch
     on_object = (torch.rand(b, 1, 1, 1, generator=g, device=device) < ON_OBJECT_SHARE).float()
     mask = mask * (on_object * foreground + 1 - on_object)
     soft = (torch.rand(b, 1, 1, 1, generator=g, device=device) < SOFT_SHARE).float()
-    mask = soft * _blur(mask, 0.05 * max(h, w)) + (1 - soft) * mask
+    mask = soft * gaussian_blur(mask, 0.05 * max(h, w)) + (1 - soft) * mask
     kind = torch.randint(0, N_FILLS, (b,), generator=g, device=device)
     fill = _fills(x, g)[kind, torch.arange(b, device=device)]
     opaque = torch.rand(b, generator=g, device=device) < 0.5
