@@ -12,7 +12,7 @@ import numpy as np
 from detector.config import ScoreConfig
 from detector.data import load_spec
 from detector.data.sampleset import SampleSet
-from detector.data.splits import fingerprint, split
+from detector.data.splits import fingerprint, split_as
 from detector.errors import DataError
 from detector.model.bundle import Bundle, load_bundle, save_bundle
 from detector.model.vae import transform_chance_nats
@@ -40,7 +40,7 @@ def recalibrate(path: Path, spec: str, target_fpr: float, device: str = "auto",
         raise DataError(f"{spec}: {len(samples)} samples; calibration needs at least {MIN_CALIBRATION}")
     original = bundle.calibration.get("calibration_split")
     if original and fingerprint(samples) == bundle.config["data"].get("fingerprint"):
-        parts = split(samples, original["val_fraction"], original["cal_fraction"], original["seed"])
+        parts = split_as(samples, original)
         standardise, calibrate = parts.val, parts.cal
     else:
         original = None

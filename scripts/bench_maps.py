@@ -34,7 +34,7 @@ from detector.config import TrainConfig
 from detector.data import load_spec
 from detector.data.batches import load_tensor
 from detector.data.defects import KINDS, SIZES, add_defects
-from detector.data.splits import split
+from detector.data.splits import split_as
 from detector.model.segmenter import segment
 from detector.scoring.maps import SEGMENTER_SMOOTHING, SMOOTHING, MapScale, map_terms, smooth
 from detector.scoring.scorer import PRIMARY, Scorer
@@ -73,8 +73,7 @@ def variants(residual: torch.Tensor, grad: torch.Tensor, logits: torch.Tensor) -
 def retrained(scorer: Scorer, steps: int) -> Scorer:
     """The scorer with its segmenter trained again, for ``steps`` steps, on the bundle's own training split."""
     bundle, train_cfg = scorer.bundle, scorer.bundle.config["train"]
-    parts = split(load_spec(bundle.config["data"]["name"]), train_cfg["val_fraction"], train_cfg["cal_fraction"],
-                  train_cfg["seed"])
+    parts = split_as(load_spec(bundle.config["data"]["name"]), train_cfg)
     images = load_tensor(parts.train).reshape(len(parts.train), *scorer.sample_shape)
     segmenter = train_segmenter(scorer.model, images, TrainConfig(map_steps=steps, map_budget_s=0,
                                                                   seed=train_cfg["seed"]), scorer.device)

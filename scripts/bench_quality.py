@@ -40,7 +40,7 @@ from detector.config import DebiasConfig, ModelConfig, Settings
 from detector.data import load_spec, ood_suite
 from detector.data.batches import load_tensor
 from detector.data.builtin import FASHION_MNIST_CLASSES
-from detector.data.splits import split
+from detector.data.splits import split_as
 from detector.model.bundle import load_bundle, save_bundle
 from detector.model.device import resolve_device
 from detector.model.segmenter import model_weights
@@ -64,7 +64,7 @@ def recalibrate(path: Path, samples) -> Scorer:
     from its training split, the novelty score and thresholds from its validation and calibration splits."""
     bundle = load_bundle(path)
     cfg = bundle.config["train"]
-    parts = split(samples, cfg["val_fraction"], cfg["cal_fraction"], cfg["seed"])
+    parts = split_as(samples, cfg)
     model = VAE(ModelConfig.from_json(bundle.config["model"]))
     model.load_state_dict(model_weights(bundle.weights))
     train = load_tensor(parts.train).reshape(len(parts.train), *model.cfg.input_shape)

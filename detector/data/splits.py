@@ -31,6 +31,12 @@ def split(samples: SampleSet, val_fraction: float, cal_fraction: float, seed: in
                   samples.take(np.sort(perm[n_val : n_val + n_cal])))
 
 
+def split_as(samples: SampleSet, recorded: dict) -> Splits:
+    """The splits a bundle recorded (its ``train`` config or its ``calibration_split``: val_fraction, cal_fraction,
+    seed), made again from the same samples."""
+    return split(samples, recorded["val_fraction"], recorded["cal_fraction"], recorded["seed"])
+
+
 def fingerprint(samples: SampleSet) -> str:
     """Cheap identity of a dataset: name, size, shape and a strided content hash."""
     h = hashlib.sha256(f"{samples.name}|{len(samples)}|{samples.sample_shape}".encode())

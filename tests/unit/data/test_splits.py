@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from detector.data import load_spec
-from detector.data.splits import MIN_SAMPLES, fingerprint, split
+from detector.config import TrainConfig
+from detector.data.splits import MIN_SAMPLES, fingerprint, split, split_as
 from detector.data.synthetic import bars
 from detector.errors import DataError
 
@@ -25,6 +26,14 @@ def test_splits_are_disjoint_cover_the_set_and_repeat_with_the_seed(samples):
     again = split(samples, 0.1, 0.2, seed=3)
     assert np.array_equal(again.cal.rows, parts.cal.rows)
     assert not np.array_equal(split(samples, 0.1, 0.2, seed=4).cal.rows, parts.cal.rows)
+
+
+def test_the_splits_a_bundle_recorded_are_made_again_from_its_config(samples):
+    cfg = TrainConfig(val_fraction=0.15, cal_fraction=0.25, seed=7)
+    recorded = {"val_fraction": 0.15, "cal_fraction": 0.25, "seed": 7, "epochs": 3}  # as config.json holds it
+    parts, again = split(samples, cfg.val_fraction, cfg.cal_fraction, cfg.seed), split_as(samples, recorded)
+    for a, b in ((parts.train, again.train), (parts.val, again.val), (parts.cal, again.cal)):
+        assert np.array_equal(a.rows, b.rows)
 
 
 def test_too_few_samples_to_split_is_a_data_error(samples):
