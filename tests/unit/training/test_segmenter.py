@@ -89,6 +89,30 @@ def test_a_time_budget_cuts_the_steps_and_they_are_recorded(monkeypatch):
     assert seg.steps == 30 and seg.config()["steps"] == 30
 
 
+def test_a_machine_that_slows_down_mid_way_cuts_the_steps_again(monkeypatch):
+    from detector.training import segmenter as training
+
+    # The probe's 20 steps take 2 s (300 steps fit in the 30 s budget); the next 50 take 50 s: past the budget, the
+    # re-timing after them stops the training one step later.
+    clock = iter([0.0, 0.5, 2.5, 52.5])
+    monkeypatch.setattr(training.time, "perf_counter", lambda: next(clock))
+    rates = []
+    step = torch.optim.Adam.step
+
+    def recording(self, *args, **kwargs):
+        rates.append(self.param_groups[0]["lr"])
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", recording)
+    seg = training.train_segmenter(_TinyVAE(), (images(32) * 255).to(torch.uint8),
+                                   TrainConfig(map_steps=1500, map_epochs=1000, map_budget_s=30.0),
+                                   torch.device("cpu"), progress=False)
+    assert seg.steps == 25 + 50 + 1
+    assert rates[:26] == [training.LR] * 26  # full rate until the annealing starts
+    assert all(a > b for a, b in zip(rates[25:], rates[26:]))  # then falling, steeper once the steps were cut
+    assert rates[-1] < 0.05 * training.LR
+
+
 class _TinyVAE(torch.nn.Module):
     """Stands in for the VAE: the identity as reconstruction."""
 
