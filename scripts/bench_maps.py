@@ -2,11 +2,13 @@
 """Anomaly maps on synthetic defects with ground-truth masks. Writes docs/benchmarks/maps.{md,json}.
 
     .venv/bin/python scripts/bench_maps.py --bundle runs/quality/fmnist_seed0      # about 4 minutes on 2 cores
+    .venv/bin/python scripts/bench_maps.py --bundle RGB_BUNDLE --data held_out.npz --name maps-rgb64 --per-kind 100
 
 The bundle must hold a map segmenter (trained by this version's `detector train`).
 
 Defects (detector/data/defects.py: pasted patches of other images, scratches, holes, blobs, local blur, local
-brightness) at three sizes are put on Fashion-MNIST test images. For the served map (detector/scoring/maps.py) and
+brightness) at three sizes are put on held-out normal images (``--data``: Fashion-MNIST's test set by default; any
+data spec of the bundle's sample shape, e.g. generated RGB scenes). For the served map (detector/scoring/maps.py) and
 the alternatives it was chosen against:
 - pixel AUROC over every pixel of the defective images and of the same images without defects (as anomalib
   reports it), per defect kind and size;
@@ -121,7 +123,11 @@ def pixel_auroc(defective: np.ndarray, clean: np.ndarray, masks: np.ndarray) -> 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--bundle", required=True, type=Path, help="a Fashion-MNIST bundle (detector train)")
+    ap.add_argument("--bundle", required=True, type=Path, help="an image bundle with a map segmenter (detector train)")
+    ap.add_argument("--data", default="fashion-mnist:test",
+                    help="held-out normal images of the bundle's shape: the first per-kind x 6 get the defects, the "
+                         "next 2,000 are the per-location reference")
+    ap.add_argument("--name", default="maps", help="results file name under --out (NAME.md, NAME.json)")
     ap.add_argument("--per-kind", type=int, default=200, help="test images per defect kind and size")
     ap.add_argument("--map-steps", type=int, default=0,
                     help="retrain the bundle's segmenter for this many steps first, without a time budget (in memory)")
@@ -133,11 +139,14 @@ def main() -> None:
     if args.map_steps:
         scorer = retrained(scorer, args.map_steps)
     n = args.per_kind * len(KINDS)
-    clean = load_spec("fashion-mnist:test").read(0, n)
+    data = load_spec(args.data)
+    if len(data) < n + 2000:
+        raise SystemExit(f"{args.data}: {len(data)} images; needs {n + 2000} ({n} to put defects on, 2,000 reference)")
+    clean = data.read(0, n)
     clean_terms = terms(scorer, clean)
     clean_maps = variants(*clean_terms)
     clean_novelty = scorer.score(clean).scores[PRIMARY]
-    derive = derived_maps(variants(*terms(scorer, load_spec("fashion-mnist:test").read(n, n + 2000))))
+    derive = derived_maps(variants(*terms(scorer, data.read(n, n + 2000))))
     clean_maps.update(derive(clean_maps))
     rows, by_kind = {}, {}
     all_maps = {name: [] for name in clean_maps}
@@ -168,9 +177,11 @@ def main() -> None:
     masks = np.concatenate(all_masks)
     compared = {name: {"pixel_auroc": pixel_auroc(np.concatenate(all_maps[name]), np.concatenate(all_clean[name]), masks),
                        "pro": pro(np.concatenate(all_maps[name]), masks)} for name in all_maps}
-    result = stamp({"bundle": str(args.bundle), "per_kind": args.per_kind, "by_size": rows,
+    result = stamp({"bundle": str(args.bundle), "data": args.data, "trained_on": scorer.bundle.config["data"]["name"],
+                    "sample_shape": list(scorer.sample_shape), "segmenter_steps": scorer.segmenter.steps,
+                    "per_kind": args.per_kind, "by_size": rows,
                     "by_kind_and_size": {f"{k}/{s}": v for (k, s), v in by_kind.items()}, "variants": compared})
-    write_results(args.out, "maps", result, report(args, result, n, by_kind))
+    write_results(args.out, args.name, result, report(args, result, n, by_kind))
 
 
 def report(args, result: dict, n: int, by_kind: dict) -> list[str]:
@@ -181,10 +192,14 @@ def report(args, result: dict, n: int, by_kind: dict) -> list[str]:
         "# Anomaly maps on synthetic defects",
         "",
         f"Measured by `.venv/bin/python scripts/bench_maps.py --bundle {args.bundle}"
+        f"{f' --data {args.data}' if args.data != 'fashion-mnist:test' else ''}"
+        f"{f' --name {args.name}' if args.name != 'maps' else ''}"
+        f"{f' --per-kind {args.per_kind}' if args.per_kind != 200 else ''}"
         f"{f' --map-steps {args.map_steps}' if args.map_steps else ''}` on {result['machine']}, {result['date']}. "
-        "The bundle: `detector train --data fashion-mnist:train --seed 0` (defaults"
-        f"{f'; its segmenter retrained for {args.map_steps} steps' if args.map_steps else ''}). "
-        f"{n} Fashion-MNIST test images per size, {args.per_kind} per defect kind "
+        f"The bundle: trained on `{result['trained_on']}`, samples {'x'.join(map(str, result['sample_shape']))}, "
+        f"its map segmenter {result['segmenter_steps']} steps"
+        f"{f' (retrained for {args.map_steps} steps)' if args.map_steps else ''}. "
+        f"{n} held-out normal images (`{args.data}`) per size, {args.per_kind} per defect kind "
         "(`detector/data/defects.py`); pixel AUROC over every pixel of the defective images and of the same images "
         "without the defect; PRO integrated to pixel FPR 0.3 and normalised, as anomalib's AUPRO.",
         "",
@@ -212,7 +227,7 @@ def report(args, result: dict, n: int, by_kind: dict) -> list[str]:
         f"The segmenter's map is served smoothed by {SEGMENTER_SMOOTHING:g} pixels at 28x28; the residual map (bundles "
         f"without a segmenter) by a Gaussian of {SMOOTHING:g} pixels at 28x28 (scaled with the image).",
         "",
-        "Per-location standardisation: each pixel against the mean and spread of 2,000 other normal test images' "
+        "Per-location standardisation: each pixel against the mean and spread of 2,000 other held-out normal images' "
         "maps at that location. The served map uses one centre and spread for the whole image, which leaves the "
         "ranking of pixels (and so both AUROC and PRO) as the unstandardised map has it.",
     ]
