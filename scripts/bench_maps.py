@@ -16,15 +16,14 @@ the alternatives it was chosen against:
   (anomalib's AUPRO);
 - image level: AUROC of the primary novelty score (and of the map's maximum) between defective and clean images.
 The served map's standardisation is one affine map for the whole image: it changes no ranking, so the maps are
-measured unstandardised. With ``--map-steps N`` the bundle's segmenter is first retrained for N steps at its image
-size (no time budget, no cap by passes over the data) into a copy, to see what more training buys.
+measured unstandardised. With ``--map-steps N`` the bundle's segmenter is first retrained for N steps (no time
+budget, no cap by passes over the data) into a copy, to see what more training buys.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import math
 from pathlib import Path
 
 import numpy as np
@@ -74,13 +73,12 @@ def variants(residual: torch.Tensor, grad: torch.Tensor, logits: torch.Tensor) -
 
 
 def retrained(scorer: Scorer, steps: int) -> Scorer:
-    """The scorer with its segmenter trained again, for ``steps`` steps at its image size (not scaled by pixels,
-    not capped by passes over the data, no time budget), on the bundle's own training split."""
+    """The scorer with its segmenter trained again, for ``steps`` steps (not capped by passes over the data, no
+    time budget), on the bundle's own training split."""
     bundle, train_cfg = scorer.bundle, scorer.bundle.config["train"]
     parts = split_as(load_spec(bundle.config["data"]["name"]), train_cfg)
     images = load_tensor(parts.train).reshape(len(parts.train), *scorer.sample_shape)
-    at_28 = -(-steps * math.prod(scorer.sample_shape[-2:]) // (28 * 28))  # map_steps() scales this back to steps
-    segmenter = train_segmenter(scorer.model, images, TrainConfig(map_steps=at_28, map_epochs=1 << 30, map_budget_s=0,
+    segmenter = train_segmenter(scorer.model, images, TrainConfig(map_steps=steps, map_epochs=1 << 30, map_budget_s=0,
                                                                   seed=train_cfg["seed"]), scorer.device)
     config, weights = segmenter.stored_with(bundle.config, bundle.weights)
     return Scorer(dataclasses.replace(bundle, config=config, weights=weights), device="cpu")
@@ -133,8 +131,8 @@ def main() -> None:
     ap.add_argument("--name", default="maps", help="results file name under --out (NAME.md, NAME.json)")
     ap.add_argument("--per-kind", type=int, default=200, help="test images per defect kind and size")
     ap.add_argument("--map-steps", type=int, default=0,
-                    help="retrain the bundle's segmenter for this many steps first, at its size, without a time budget or "
-                         "a cap by passes (in memory)")
+                    help="retrain the bundle's segmenter for this many steps first, without a time budget or a cap by "
+                         "passes (in memory)")
     ap.add_argument("--out", type=Path, default=Path("docs/benchmarks"))
     args = ap.parse_args()
     scorer = Scorer.from_path(args.bundle, device="cpu")

@@ -21,9 +21,9 @@ NOVELTY_TOLERANCE = {"rtol": 1e-3, "atol": 1e-3}
 
 
 def tiny_settings(epochs: int = 8, **train) -> Settings:
-    """A tiny model, trained briefly; its map segmenter gets 40 steps (tests/unit/scoring/test_maps.py checks that
+    """A tiny model, trained briefly; its map segmenter gets 90 steps (tests/unit/scoring/test_maps.py checks that
     they are enough to find a pasted patch)."""
-    train = {"map_steps": 40, **train}
+    train = {"map_steps": 90, **train}
     return Settings(
         model=ModelConfig(latent_dim=4, base_channels=8, hidden=(32, 16)),
         train=TrainConfig(epochs=epochs, batch_size=32, warmup_epochs=1, patience=2, **train),
