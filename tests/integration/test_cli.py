@@ -27,6 +27,7 @@ base_channels = 8
 batch_size = 32
 warmup_epochs = 1
 patience = 2
+map_steps = 90
 """
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from detector.model.bundle import load_bundle
 
-TOML = "[model]\nlatent_dim = 4\nbase_channels = 8\n[train]\nbatch_size = 32\nwarmup_epochs = 1\npatience = 3\n"
+TOML = "[model]\nlatent_dim = 4\nbase_channels = 8\n[train]\nbatch_size = 32\nwarmup_epochs = 1\npatience = 3\nmap_steps = 90\n"
 
 
 def test_two_process_training_matches_single_process(data_dir, tmp_path):
