@@ -181,9 +181,11 @@ def test_a_refusal_says_when_to_come_back_and_the_client_waits_that_long(scorer)
     with ServerThread(scorer, max_batch_samples=4, max_delay_ms=0, max_queue_wait_ms=300) as s:
         s.running.service.batcher._score_batch = slow
         stub(s.target).Score(request(4), timeout=10)  # teaches the batcher its speed
-        busy = [stub(s.target).Score.future(request(4), timeout=20) for _ in range(4)]  # 0.8 s of work
+        # 0.8 s of work, each request on a connection of its own: one refused is not held back with the others
+        # (pushback.py), so they stay queued
+        busy = [own_connection(s.target).Score.future(request(4), timeout=20) for _ in range(4)]
         time.sleep(0.05)
-        with pytest.raises(grpc.RpcError) as err:  # a connection of its own: not one told to wait (pushback.py)
+        with pytest.raises(grpc.RpcError) as err:
             own_connection(s.target).Score(request(4), timeout=20)
         assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         pushback = dict(err.value.trailing_metadata())["grpc-retry-pushback-ms"]
@@ -208,7 +210,8 @@ def test_a_client_that_resends_before_its_pushback_is_held_until_then_and_others
         s.running.service.batcher._score_batch = slow
         busy_client, eager, polite = (own_connection(s.target) for _ in range(3))
         busy_client.Score(request(4), timeout=10)  # teaches the batcher its speed
-        busy = [busy_client.Score.future(request(4), timeout=20) for _ in range(2)]  # 0.4 s of work
+        # 0.8 s of work, each request on a connection of its own (one refused is not held back with the others)
+        busy = [own_connection(s.target).Score.future(request(4), timeout=20) for _ in range(4)]
         time.sleep(0.05)
         with pytest.raises(grpc.RpcError) as err:
             eager.Score(request(4), timeout=20)
