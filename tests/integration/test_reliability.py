@@ -52,6 +52,21 @@ def own_connection(target):
     return pb_grpc.DetectorStub(grpc.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)]))
 
 
+def slowed(s, seconds: float) -> None:
+    """Every batch the server ``s`` scores takes ``seconds`` longer."""
+    def slow(model, batch):
+        time.sleep(seconds)
+        return score_batch(model, batch)
+
+    s.running.service.batcher._score_batch = slow
+
+
+def queued_work(target, n: int = 4) -> list:
+    """``n`` requests of 4 samples in flight, each on a connection of its own: one refused does not hold the others
+    back (pushback.py), so they stay queued."""
+    return [own_connection(target).Score.future(request(4), timeout=20) for _ in range(n)]
+
+
 def code_of(fn):
     try:
         fn()
@@ -103,12 +118,8 @@ def test_out_of_memory_batches_are_scored_in_halves(scorer, monkeypatch):
 
 
 def test_client_cancelling_mid_batch_leaves_the_server_serving(scorer):
-    def slow(model, batch):
-        time.sleep(0.5)
-        return score_batch(model, batch)
-
     with ServerThread(scorer, max_delay_ms=0) as s:
-        s.running.service.batcher._score_batch = slow
+        slowed(s, 0.5)
         future = stub(s.target).Score.future(request(2), timeout=10)
         time.sleep(0.2)  # in the forward pass now
         assert future.cancel()
@@ -138,14 +149,10 @@ def server_for_module(scorer):
 
 
 def test_saturated_queue_refuses_by_expected_wait(scorer):
-    def slow(model, batch):
-        time.sleep(0.2)
-        return score_batch(model, batch)
-
     # Room for 1000 samples, but 0.3 s of waiting: a few requests in, the rest refused at once.
     with ServerThread(scorer, max_batch_samples=4, max_delay_ms=0, max_queue_samples=1000,
                       max_queue_wait_ms=300) as s:
-        s.running.service.batcher._score_batch = slow
+        slowed(s, 0.2)
         stub(s.target).Score(request(4), timeout=10)  # teaches the batcher its speed
         codes, details, lock = [], [], threading.Lock()
 
@@ -174,16 +181,10 @@ def test_saturated_queue_refuses_by_expected_wait(scorer):
 
 
 def test_a_refusal_says_when_to_come_back_and_the_client_waits_that_long(scorer):
-    def slow(model, batch):
-        time.sleep(0.2)
-        return score_batch(model, batch)
-
     with ServerThread(scorer, max_batch_samples=4, max_delay_ms=0, max_queue_wait_ms=300) as s:
-        s.running.service.batcher._score_batch = slow
+        slowed(s, 0.2)
         stub(s.target).Score(request(4), timeout=10)  # teaches the batcher its speed
-        # 0.8 s of work, each request on a connection of its own: one refused is not held back with the others
-        # (pushback.py), so they stay queued
-        busy = [own_connection(s.target).Score.future(request(4), timeout=20) for _ in range(4)]
+        busy = queued_work(s.target)  # 0.8 s of work
         time.sleep(0.05)
         with pytest.raises(grpc.RpcError) as err:
             own_connection(s.target).Score(request(4), timeout=20)
@@ -202,16 +203,11 @@ def test_a_refusal_says_when_to_come_back_and_the_client_waits_that_long(scorer)
 
 
 def test_a_client_that_resends_before_its_pushback_is_held_until_then_and_others_are_not(scorer):
-    def slow(model, batch):
-        time.sleep(0.2)
-        return score_batch(model, batch)
-
     with ServerThread(scorer, max_batch_samples=4, max_delay_ms=0, max_queue_wait_ms=300) as s:
-        s.running.service.batcher._score_batch = slow
+        slowed(s, 0.2)
         busy_client, eager, polite = (own_connection(s.target) for _ in range(3))
         busy_client.Score(request(4), timeout=10)  # teaches the batcher its speed
-        # 0.8 s of work, each request on a connection of its own (one refused is not held back with the others)
-        busy = [own_connection(s.target).Score.future(request(4), timeout=20) for _ in range(4)]
+        busy = queued_work(s.target)  # 0.8 s of work
         time.sleep(0.05)
         with pytest.raises(grpc.RpcError) as err:
             eager.Score(request(4), timeout=20)
