@@ -1,9 +1,11 @@
 #!/usr/bin/env python
 """Serving throughput and latency, side by side in one run. Writes docs/benchmarks/serving.{md,json}.
 
-    .venv/bin/python scripts/bench_serve.py --bundle BUNDLE [--seconds 8]
+    .venv/bin/python scripts/bench_serve.py --bundle BUNDLE [--bundle BUNDLE2 ...] [--seconds 8]
 
-(a) in-process Scorer ceiling at the max batch;
+Each bundle in turn (a 1x28x28 and a 3x64x64 model side by side in one run), each with:
+
+(a) in-process Scorer ceiling at its best batch (32, 64, ... up to the max batch);
 (b) transport ceiling: the same gRPC server with a no-op scorer, 64 clients, 1-sample requests;
 (c) the real server, 64 clients sending 1-sample requests, batching on and off;
 (d) the real server, 8 clients sending 64-sample requests;
@@ -21,7 +23,6 @@ Load targets loopback only and stops by itself.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -30,6 +31,7 @@ import numpy as np
 
 from detector.bench.loadgen import bench_samples, load
 from detector.bench.results import stamp, write_results
+from detector.model.bundle import load_bundle
 from detector.serving.process import ServeProcess
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -71,19 +73,25 @@ class NoopScorer:
         return self._result.slice(0, len(batch))
 
 
-def ceiling(bundle, batch) -> tuple[float, float]:
+def ceiling(bundle, max_batch) -> tuple[float, int, float]:
+    """(a): the in-process Scorer's best samples/s over batches of 32 up to ``max_batch`` (doubling), with the batch
+    that gave it, and the seconds one full ``max_batch`` batch takes (for (e)'s bound)."""
     from detector.scoring.scorer import Scorer
 
     scorer = Scorer.from_path(bundle)
-    x = np.concatenate([bench_samples(bundle)] * (1 + batch // 2048))[:batch]
-    scorer.score(x)
-    times = []
-    for _ in range(5):
-        t0 = time.perf_counter()
-        scorer.score(x)
-        times.append(time.perf_counter() - t0)
-    best = min(times)
-    return batch / best, best
+    x = np.concatenate([bench_samples(bundle)] * (1 + max_batch // 2048))[:max_batch]
+    best, batch_s = {}, 0.0
+    for n in sorted({*(32 << i for i in range(16) if 32 << i < max_batch), max_batch}):
+        scorer.score(x[:n])
+        times = []
+        for _ in range(5):
+            t0 = time.perf_counter()
+            scorer.score(x[:n])
+            times.append(time.perf_counter() - t0)
+        best[n] = n / min(times)
+        batch_s = min(times)  # the last: max_batch
+    at = max(best, key=best.get)
+    return best[at], at, batch_s
 
 
 def main() -> None:
@@ -91,7 +99,8 @@ def main() -> None:
         run_noop_server(sys.argv[3:])
         return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--bundle", required=True)
+    parser.add_argument("--bundle", required=True, action="append",
+                        help="the model to serve; repeat it to measure several in one run (e.g. 1x28x28 and 3x64x64)")
     parser.add_argument("--max-batch", type=int, default=256)
     parser.add_argument("--max-delay-ms", type=float, default=2.0)
     parser.add_argument("--seconds", type=float, default=8.0)
@@ -99,24 +108,37 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks")
     args = parser.parse_args()
 
-    samples = bench_samples(args.bundle)
-    if args.overload:
-        overload(args, samples)
-        return
-    res, batch_s = measure(args, samples)
-    write_serving(args, res, batch_s)
+    run = overload if args.overload else measure
+    results, sections = {}, []
+    for bundle in args.bundle:
+        shape = "x".join(map(str, load_bundle(bundle).config["data"]["sample_shape"]))
+        print(f"== {shape}: {bundle}", flush=True)
+        results[shape], section = run(args, bundle, bench_samples(bundle))
+        sections += [f"## {shape}", "", *section, ""]
+    name, title = (("serving-overload", "Serving under overload") if args.overload
+                   else ("serving", "Serving throughput and latency"))
+    res = stamp({"models": results})
+    command = " ".join(["scripts/bench_serve.py", *(f"--bundle {b}" for b in args.bundle),
+                        *(["--overload"] if args.overload else []), f"--seconds {args.seconds:g}"])
+    lines = [f"# {title}", "", f"Measured by `.venv/bin/python {command}` on {res['machine']}, {res['date']}, "
+             f"each model in turn; default server settings (max batch {args.max_batch}, max delay "
+             f"{args.max_delay_ms:g} ms{', max queue wait 5000 ms' if args.overload else ''}). Clients run in 4 separate "
+             "processes on the same machine, so on 2 cores they compete with the server for CPU.", "",
+             OVERLOAD_NOTE if args.overload else "", "", *sections]
+    write_results(args.out, name, res, lines)
 
 
-def measure(args, samples) -> tuple[dict, float]:
-    """(a)-(e), each printed as it is measured; returns the results and (a)'s seconds per batch."""
+def measure(args, bundle, samples) -> tuple[dict, list[str]]:
+    """(a)-(e) with one model, each printed as it is measured, then the checks against the issue's bars; returns
+    the results and their section of serving.md."""
     res = {}
-    res["a_ceiling_samples_per_s"], batch_s = ceiling(args.bundle, args.max_batch)
-    print(f"(a) in-process Scorer at batch {args.max_batch}: {res['a_ceiling_samples_per_s']:.0f} samples/s "
-          f"({batch_s * 1e3:.1f} ms per batch)", flush=True)
-    with server(args.bundle, noop=True) as s:
+    res["a_ceiling_samples_per_s"], res["a_best_batch"], batch_s = ceiling(bundle, args.max_batch)
+    print(f"(a) in-process Scorer at its best batch ({res['a_best_batch']}): {res['a_ceiling_samples_per_s']:.0f} "
+          f"samples/s; batch {args.max_batch} takes {batch_s * 1e3:.1f} ms", flush=True)
+    with server(bundle, noop=True) as s:
         res["b_transport"] = load(s.target, samples, args.seconds, 1, 64)
     print(f"(b) transport ceiling (no-op scorer, 64 clients x 1 sample): {res['b_transport']}", flush=True)
-    with server(args.bundle, max_batch=args.max_batch, max_delay_ms=args.max_delay_ms) as s:
+    with server(bundle, max_batch=args.max_batch, max_delay_ms=args.max_delay_ms) as s:
         res["c_batching_on"] = load(s.target, samples, args.seconds, 1, 64)
         print(f"(c) real server, batching on, 64 clients x 1 sample: {res['c_batching_on']}", flush=True)
         res["d_8x64"] = load(s.target, samples, args.seconds, 64, 8)
@@ -125,14 +147,14 @@ def measure(args, samples) -> tuple[dict, float]:
         res["e_half_rate"] = load(s.target, samples, args.seconds, 1, 0, rate=half)
         res["e_half_rate"]["offered_per_s"] = half
         print(f"(e) open loop at {half:.0f} req/s: {res['e_half_rate']}", flush=True)
-    with server(args.bundle, batching=False, max_batch=args.max_batch) as s:
+    with server(bundle, batching=False, max_batch=args.max_batch) as s:
         res["c_batching_off"] = load(s.target, samples, args.seconds, 1, 64)
     print(f"(c) real server, batching off, 64 clients x 1 sample: {res['c_batching_off']}", flush=True)
-    return res, batch_s
+    return res, serving_section(args, res, batch_s)
 
 
-def write_serving(args, res: dict, batch_s: float) -> None:
-    """The checks against the issue's bars, then serving.{json,md}."""
+def serving_section(args, res: dict, batch_s: float) -> list[str]:
+    """The checks against the issue's bars (kept in ``res``) and one model's tables."""
     a, b = res["a_ceiling_samples_per_s"], res["b_transport"]["samples_per_s"]
     con, coff, d = (res["c_batching_on"]["samples_per_s"], res["c_batching_off"]["samples_per_s"],
                     res["d_8x64"]["samples_per_s"])
@@ -147,50 +169,39 @@ def write_serving(args, res: dict, batch_s: float) -> None:
     res["p99_bound_ms"] = bound_ms
     for k, v in checks.items():
         print(f"{k}: {v:.3f}")
-    stamp(res)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "serving.json").write_text(json.dumps(res, indent=2))
     rows = [("(b) transport ceiling, no-op scorer, 64 x 1", res["b_transport"]),
             ("(c) batching on, 64 clients x 1", res["c_batching_on"]),
             ("(c) batching off, 64 clients x 1", res["c_batching_off"]),
             ("(d) batching on, 8 clients x 64", res["d_8x64"]),
             (f"(e) open loop at {res['e_half_rate']['offered_per_s']:.0f} req/s", res["e_half_rate"])]
-    lines = ["# Serving throughput and latency", "",
-             f"Measured by `.venv/bin/python scripts/bench_serve.py --bundle BUNDLE --seconds {args.seconds:g}` on "
-             f"{res['machine']}, {res['date']}; default server settings (max batch {args.max_batch}, "
-             f"max delay {args.max_delay_ms:g} ms). Clients run in 4 separate processes on the same machine, "
-             "so on 2 cores they compete with the server for CPU.", "",
-             f"(a) in-process Scorer ceiling at batch {args.max_batch}: **{a:.0f} samples/s** "
-             f"({batch_s * 1e3:.1f} ms per batch).", "",
+    lines = [f"(a) in-process Scorer ceiling at its best batch ({res['a_best_batch']}, of 32 to {args.max_batch}): "
+             f"**{a:.0f} samples/s**; a full batch of {args.max_batch} takes {batch_s * 1e3:.1f} ms.", "",
              "| run | samples/s | p50 ms | p95 ms | p99 ms | errors | lost/swapped |", "|---|---|---|---|---|---|---|"]
     lines += [f"| {name} | {r['samples_per_s']:.0f} | {r['p50_ms']:.1f} | {r['p95_ms']:.1f} | {r['p99_ms']:.1f} | "
               f"{r['errors']} | {r['bad']} |" for name, r in rows]
-    lines += ["", "| check | value |", "|---|---|"] + [f"| {k} | {v:.3f} |" for k, v in checks.items()]
-    (args.out / "serving.md").write_text("\n".join(lines) + "\n")
-    print(f"wrote {args.out / 'serving.md'}")
+    return lines + ["", "| check | value |", "|---|---|"] + [f"| {k} | {v:.3f} |" for k, v in checks.items()]
 
 
-def overload(args, samples) -> None:
+OVERLOAD_NOTE = (
+    "In (f) a refused client waits as long as the server's `grpc-retry-pushback-ms` says (as gRPC's retry policy, "
+    "and `detector.client`, do); in (f') it resends at once. The clients of one process share one connection; "
+    "a request that arrives on a connection before the pushback it was given is held until then, or refused "
+    "before its deadline (`detector/serving/pushback.py`): the refusals' p99 shows what that costs.")
+
+
+def overload(args, bundle, samples) -> tuple[dict, list[str]]:
     """(d), (f) and (f') in one run, one server: admission by deadline under 20x overload."""
-    with server(args.bundle, max_batch=args.max_batch, max_delay_ms=args.max_delay_ms) as s:
+    with server(bundle, max_batch=args.max_batch, max_delay_ms=args.max_delay_ms) as s:
         d = load(s.target, samples, args.seconds, 64, 8)
         print(f"(d) 8 clients x 64 samples: {d}", flush=True)
         f = load(s.target, samples, 10.0, 64, 256, timeout=2.0, pushback=True)
         print(f"(f) 256 clients x 64 samples, 2 s deadlines, retry after the server's pushback: {f}", flush=True)
         naive = load(s.target, samples, 10.0, 64, 256, timeout=2.0)
         print(f"(f') the same, resending at once: {naive}", flush=True)
-    res = stamp({"d_8x64": d, "f_overload": f, "f_overload_resend_at_once": naive,
-                 "checks": {**overload_checks("(f)", f, d), **overload_checks("(f')", naive, d),
-                            "lost + duplicated + swapped answers": d["bad"] + f["bad"] + naive["bad"]}})
-    lines = ["# Serving under overload", "",
-             f"Measured by `.venv/bin/python scripts/bench_serve.py --bundle BUNDLE --overload --seconds {args.seconds:g}` "
-             f"on {res['machine']}, {res['date']}; default server settings (max batch {args.max_batch}, max delay "
-             f"{args.max_delay_ms:g} ms, max queue wait 5000 ms). Clients in 4 processes on the same machine. In (f) a "
-             "refused client waits as long as the server's `grpc-retry-pushback-ms` says (as gRPC's retry policy, "
-             "and `detector.client`, do); in (f') it resends at once. The clients of one process share one connection; "
-             "a request that arrives on a connection before the pushback it was given is held until then, or refused "
-             "before its deadline (`detector/serving/pushback.py`): the refusals' p99 shows what that costs.", "",
-             "| run | requests | OK | samples/s (goodput) | p99 ms (OK) | p99 ms (refused) | codes |",
+    res = {"d_8x64": d, "f_overload": f, "f_overload_resend_at_once": naive,
+           "checks": {**overload_checks("(f)", f, d), **overload_checks("(f')", naive, d),
+                      "lost + duplicated + swapped answers": d["bad"] + f["bad"] + naive["bad"]}}
+    lines = ["| run | requests | OK | samples/s (goodput) | p99 ms (OK) | p99 ms (refused) | codes |",
              "|---|---|---|---|---|---|---|"]
     for name, r in (("(d) 8 clients x 64", d), ("(f) 256 clients x 64, 2 s deadlines, 10 s, pushback honoured", f),
                     ("(f') the same, resending at once", naive)):
@@ -200,7 +211,7 @@ def overload(args, samples) -> None:
     lines += ["", "| check | value |", "|---|---|"] + [f"| {k} | {v:.3f} |" for k, v in res["checks"].items()]
     for k, v in res["checks"].items():
         print(f"{k}: {v:.3f}")
-    write_results(args.out, "serving-overload", res, lines)
+    return res, lines
 
 
 def overload_checks(name: str, f: dict, d: dict) -> dict:
