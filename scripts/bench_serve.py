@@ -124,7 +124,7 @@ def main() -> None:
              f"each model in turn; default server settings (max batch {args.max_batch}, max delay "
              f"{args.max_delay_ms:g} ms{', max queue wait 5000 ms' if args.overload else ''}). Clients run in 4 separate "
              "processes on the same machine, so on 2 cores they compete with the server for CPU.", "",
-             OVERLOAD_NOTE if args.overload else "", "", *sections]
+             *([OVERLOAD_NOTE, ""] if args.overload else []), *sections]
     write_results(args.out, name, res, lines)
 
 
