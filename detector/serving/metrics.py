@@ -85,8 +85,8 @@ class ServerMetrics:
         self.score = Histogram("detector_score", "Distribution of scores.", ["model_version", "score"],
                                buckets=NOVELTY_BUCKETS, registry=registry)
         self.held = Counter("detector_requests_held_total",
-                            "Requests held until the retry pushback their connection was given had passed (clients "
-                            "that resend before it).", registry=registry)
+                            "Requests held for the retry pushback their connection was given (clients that resend "
+                            "before it): then admitted, or refused just before their deadline.", registry=registry)
         self.reloads = Counter("detector_model_reloads_total", "Model reload attempts (SIGHUP) by outcome.", ["outcome"],
                                registry=registry)
         for outcome in ("loaded", "refused"):

@@ -36,9 +36,11 @@ def identity(peer: str) -> str:
 
 
 class PushbackLedger:
-    def __init__(self, clock: Callable[[], float] = time.monotonic, max_held: int = MAX_HELD):
+    def __init__(self, clock: Callable[[], float] = time.monotonic, max_held: int = MAX_HELD,
+                 on_hold: Callable[[], None] = lambda: None):
         self._clock = clock
         self.max_held = max_held
+        self._on_hold = on_hold  # called once for every request held, whether it goes on to admission or is refused
         self._holding = 0
         self._not_before: dict[str, float] = {}
         self._calls = 0
@@ -63,6 +65,7 @@ class PushbackLedger:
         if not wait or self._holding >= self.max_held:
             return 0.0
         self._holding += 1
+        self._on_hold()
         try:
             return await self._wait(client, wait, deadline)
         finally:

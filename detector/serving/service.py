@@ -37,7 +37,7 @@ class ScoringService:
         self.batcher = DynamicBatcher(score_batch, ScoreResult.split, cfg.max_batch_samples, cfg.max_delay_ms / 1000,
                                       cfg.max_queue_samples, observer=metrics, enabled=cfg.batching,
                                       max_queue_wait_s=wait, join=CheckedBatch.join, stage=stage_batch)
-        self.pushback = PushbackLedger()
+        self.pushback = PushbackLedger(on_hold=self.metrics.held.inc)
         self._reload_lock = asyncio.Lock()
         metrics.bind_live(self.live)
 
@@ -130,8 +130,7 @@ class ScoringService:
         if maps:
             scorer.check_maps()
         try:
-            if await self.pushback.hold(client, deadline):
-                self.metrics.held.inc()
+            await self.pushback.hold(client, deadline)
             result: ScoreResult = await self.batcher.submit(samples, deadline, model=(scorer, asked, maps))
         except Overloaded as exc:
             if exc.retry_after_s is not None:

@@ -90,3 +90,15 @@ def test_past_the_cap_an_early_request_is_not_held_but_sent_on_to_admission():
     held = sorted(run(two()))
     assert held[0] == 0.0 and held[1] > 0.15
     assert ledger.holding == 0
+
+
+def test_every_held_request_is_counted_once_whether_it_goes_on_or_is_refused_before_its_deadline():
+    counted = []
+    ledger = PushbackLedger(on_hold=lambda: counted.append(1))
+    ledger.told("ipv4:10.0.0.1:1", 0.2)
+    assert run(ledger.hold("ipv4:10.0.0.1:2", deadline=None)) == 0.0 and not counted  # another connection: not held
+    assert run(ledger.hold("ipv4:10.0.0.1:1", deadline=None)) > 0.15 and len(counted) == 1  # held, then on
+    ledger.told("ipv4:10.0.0.1:1", 2.0)
+    with pytest.raises(Overloaded):
+        run(ledger.hold("ipv4:10.0.0.1:1", deadline=time.monotonic() + 0.1))  # held, then refused
+    assert len(counted) == 2
