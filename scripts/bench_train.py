@@ -33,16 +33,18 @@ from torch.utils.data import DataLoader, TensorDataset
 from detector.bench.results import stamp
 from detector.config import ModelConfig, TrainConfig
 from detector.data import load_spec
+from detector.data.sampleset import to_model_space
 from detector.model.vae import VAE, resolve_model_config
 from detector.scoring.scorer import Scorer
 from detector.training.trainer import kl_weight, loss_per_sample
 
 ROOT = Path(__file__).resolve().parent.parent
 
+
 def textbook(spec: str, epochs: int, n_train: int) -> float:
     """The loop from a tutorial: float tensors in memory, DataLoader(shuffle=True), same model and loss."""
     samples = load_spec(spec)
-    x = torch.from_numpy(samples.read(0, n_train)).float() / 255.0
+    x = torch.from_numpy(np.array(to_model_space(samples.read(0, n_train))))  # uint8 / 255; floats as they are
     cfg = TrainConfig()
     torch.manual_seed(0)
     model = VAE(resolve_model_config(ModelConfig(), "image", samples.sample_shape))
