@@ -50,21 +50,6 @@ def scenes(n: int, shape: tuple[int, int, int], seed: int) -> np.ndarray:
     return rgb if shape[0] == 3 else rgb.mean(axis=1, keepdims=True).round().astype(np.uint8)
 
 
-def best_rate(fn, n: int, device: torch.device, repeat: int = 5) -> float:
-    """Samples/s of the fastest of ``repeat`` calls after one warm-up, the device synchronised around each."""
-    fn()
-    times = []
-    for _ in range(repeat):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-    return n / min(times)
-
-
 def scoring(bundle: Path, x: np.ndarray, device: str) -> dict:
     out = {}
     for precision in PRECISIONS if device == "cuda" else ("fp32",):
@@ -79,8 +64,8 @@ def scoring(bundle: Path, x: np.ndarray, device: str) -> dict:
                                                             enabled=scorer.autocast_dtype is not None):
                     return model.decode(model.encode(xt)[0])
 
-            model_rate = best_rate(passes, batch, scorer.device)
-            scorer_rate = best_rate(lambda: scorer.score(xb), batch, scorer.device)
+            model_rate = best_rate(passes, batch, device=scorer.device)
+            scorer_rate = best_rate(lambda: scorer.score(xb), batch, device=scorer.device)
             out[f"{precision}/{batch}"] = {"model_pass": model_rate, "scorer": scorer_rate,
                                            "ratio": scorer_rate / model_rate}
             print(f"  {precision} batch {batch}: Scorer {scorer_rate:.0f}/s, model pass {model_rate:.0f}/s, "
@@ -107,7 +92,7 @@ def overlap(bundle: Path, x: np.ndarray, device: str, batch: int = 1024, batches
                     upcoming = stager.submit(scorer.stage, checked)
                 scorer.score(staged)
 
-    out = {name: best_rate(fn, batch * batches, scorer.device, repeat=3)
+    out = {name: best_rate(fn, batch * batches, repeat=3, device=scorer.device)
            for name, fn in (("one_after_the_other", one_after_the_other), ("staged_ahead", staged_ahead))}
     out["ratio"] = out["staged_ahead"] / out["one_after_the_other"]
     print(f"  overlap: staged ahead {out['staged_ahead']:.0f}/s, one after the other {out['one_after_the_other']:.0f}/s, "

@@ -24,13 +24,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
 from detector.bench.loadgen import bench_samples, load
-from detector.bench.results import stamp, write_results
+from detector.bench.results import best_rate, stamp, write_results
 from detector.model.bundle import load_bundle
 from detector.serving.process import ServeProcess
 
@@ -80,18 +79,10 @@ def ceiling(bundle, max_batch) -> tuple[float, int, float]:
 
     scorer = Scorer.from_path(bundle)
     x = np.concatenate([bench_samples(bundle)] * (1 + max_batch // 2048))[:max_batch]
-    best, batch_s = {}, 0.0
-    for n in sorted({*(32 << i for i in range(16) if 32 << i < max_batch), max_batch}):
-        scorer.score(x[:n])
-        times = []
-        for _ in range(5):
-            t0 = time.perf_counter()
-            scorer.score(x[:n])
-            times.append(time.perf_counter() - t0)
-        best[n] = n / min(times)
-        batch_s = min(times)  # the last: max_batch
+    best = {n: best_rate(lambda: scorer.score(x[:n]), n)
+            for n in sorted({*(32 << i for i in range(16) if 32 << i < max_batch), max_batch})}
     at = max(best, key=best.get)
-    return best[at], at, batch_s
+    return best[at], at, max_batch / best[max_batch]
 
 
 def main() -> None:
@@ -122,8 +113,8 @@ def main() -> None:
                         *(["--overload"] if args.overload else []), f"--seconds {args.seconds:g}"])
     lines = [f"# {title}", "", f"Measured by `.venv/bin/python {command}` on {res['machine']}, {res['date']}, "
              f"each model in turn; default server settings (max batch {args.max_batch}, max delay "
-             f"{args.max_delay_ms:g} ms{', max queue wait 5000 ms' if args.overload else ''}). Clients run in 4 separate "
-             "processes on the same machine, so on 2 cores they compete with the server for CPU.", "",
+             f"{args.max_delay_ms:g} ms{', max queue wait 5000 ms' if args.overload else ''}). Clients run in 4 "
+             "separate processes on the same machine, so on 2 cores they compete with the server for CPU.", "",
              *([OVERLOAD_NOTE, ""] if args.overload else []), *sections]
     write_results(args.out, name, res, lines)
 

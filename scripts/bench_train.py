@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from detector.bench.results import stamp
+from detector.bench.results import best_rate, stamp
 from detector.config import ModelConfig, TrainConfig
 from detector.data import load_spec
 from detector.data.sampleset import to_model_space
@@ -71,18 +71,6 @@ def ours(spec: str, epochs: int, work: Path) -> tuple[float, int, Path]:
     return cfg["train"]["samples_per_second"], cfg["data"]["n_train"], out
 
 
-def rate(fn, n: int, repeat: int = 3) -> float:
-    fn()  # warm-up
-    best = min(_timed(fn) for _ in range(repeat))
-    return n / best
-
-
-def _timed(fn) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
-
-
 def scoring(bundle: Path, batch_size: int) -> tuple[dict[str, float], tuple[int, ...]]:
     """Samples/s of each part of scoring and of the whole Scorer, beside one encoder + decoder pass of the same model
     (the model's own cost) at the same batch, all in this one run; and the model's sample shape."""
@@ -96,17 +84,18 @@ def scoring(bundle: Path, batch_size: int) -> tuple[dict[str, float], tuple[int,
         knn = lambda: scorer.latent_reference.distances(model.encode(x)[0])  # noqa: E731
         knn_points = len(scorer.latent_reference.points)
         turn = lambda: model.transform_nll(x, views=scorer.transform_views)  # noqa: E731
-        return {
-            "one encoder + decoder pass (the model's own cost)": rate(passes, batch_size),
-            f"latent_knn (encoder + distances to {knn_points} training latents)": rate(knn, batch_size),
-            f"transform_nll ({scorer.transform_views} views: encoder passes + transform head)": rate(turn, batch_size),
+        timed = {
+            "one encoder + decoder pass (the model's own cost)": passes,
+            f"latent_knn (encoder + distances to {knn_points} training latents)": knn,
+            f"transform_nll ({scorer.transform_views} views: encoder passes + transform head)": turn,
             f"Scorer.score, defaults (every default score, novelty, verdicts, p-values, weights; "
-            f"{eps.shape[0]} ELBO draw(s)): what the server calls": rate(lambda: scorer.score(x_np), batch_size),
-            f"Scorer.score + iw_nll ({scorer.iw_eps.shape[0]} draws)": rate(lambda: scorer.score(x_np, ["iw_nll"]),
-                                                                         batch_size),
-            "Scorer.score + complexity (JPEG 2000, CPU)": rate(lambda: scorer.score(x_np, ["complexity"]), batch_size,
-                                                               repeat=1),
-        }, scorer.sample_shape
+            f"{eps.shape[0]} ELBO draw(s)): what the server calls": lambda: scorer.score(x_np),
+            f"Scorer.score + iw_nll ({scorer.iw_eps.shape[0]} draws)": lambda: scorer.score(x_np, ["iw_nll"]),
+        }
+        rates = {name: best_rate(fn, batch_size, repeat=3) for name, fn in timed.items()}
+        rates["Scorer.score + complexity (JPEG 2000, CPU)"] = best_rate(lambda: scorer.score(x_np, ["complexity"]),
+                                                                        batch_size, repeat=1)
+        return rates, scorer.sample_shape
 
 
 COST_RATIO = "Scorer.score, defaults / one encoder + decoder pass"

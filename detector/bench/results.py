@@ -1,4 +1,5 @@
-"""What every benchmark script shares: a description of the machine, and writing NAME.json + NAME.md."""
+"""What every benchmark script shares: a description of the machine, the fastest-of-N rate of a call, and
+writing NAME.json + NAME.md."""
 
 from __future__ import annotations
 
@@ -21,6 +22,25 @@ def stamp(result: dict) -> dict:
     result["machine"] = machine()
     result["date"] = time.strftime("%Y-%m-%d")
     return result
+
+
+def best_rate(fn, n: int, repeat: int = 5, device=None) -> float:
+    """Items per second of the fastest of ``repeat`` calls of ``fn`` (``n`` items each), after one warm-up call;
+    on a CUDA ``device`` the device is synchronised around each call."""
+    import torch
+
+    sync = device is not None and device.type == "cuda"
+    fn()
+    times = []
+    for _ in range(repeat):
+        if sync:
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        fn()
+        if sync:
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    return n / min(times)
 
 
 def write_results(out: Path, name: str, result: dict, lines: list[str]) -> None:
