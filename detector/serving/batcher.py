@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import math
 import random
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -38,6 +39,10 @@ from detector.errors import DeadlineExpired, Overloaded
 # through a busy event loop. The margin is learned (AdmissionMargin), never below this floor. With a fixed 1.5, under
 # a 20x overload on 2 cores, a quarter of the admitted requests missed their deadline.
 MIN_DEADLINE_MARGIN = 1.2
+# The scoring speed is fitted over about this many seconds of batches (and at least 20 batches): at camera-frame sizes a
+# batch takes a second, and a fit over the last 20 batches would still predict the speed from before a load spike.
+SPEED_MEMORY_S = 2.0
+RECENT_BATCHES = 4  # admission expects the batch a request joins to fill up as far as the largest of these did
 
 
 class BatchObserver(Protocol):
@@ -61,15 +66,21 @@ class ScoringSpeed:
     """Batch scoring time as fixed + per-sample cost, fitted online (exponentially weighted least squares
     over the batches scored so far), to predict how long queued samples will wait."""
 
-    def __init__(self, max_batch_samples: int, smoothing: float = 0.05):
+    def __init__(self, max_batch_samples: int, smoothing: float = 0.05, memory_s: float = SPEED_MEMORY_S):
         self.max_batch_samples = max_batch_samples
-        self.smoothing = smoothing
+        self.smoothing = smoothing  # the weight of each batch, at least
+        self.memory_s = memory_s  # and of batches as long as this more: the fit follows the last seconds of scoring
         self._moments: np.ndarray | None = None  # weighted means of n, t, n*n, n*t
         self._last: tuple[int, float] | None = None  # the latest batch: samples, seconds
 
     def update(self, n_samples: int, seconds: float) -> None:
         m = np.array([n_samples, seconds, n_samples * n_samples, n_samples * seconds], dtype=np.float64)
-        self._moments = m if self._moments is None else (1 - self.smoothing) * self._moments + self.smoothing * m
+        if self._moments is None:
+            self._moments = m
+        else:  # weighed by the time the fit gave it (not the time it took: a small batch held up is no long batch)
+            per_batch, per_sample = self.cost()
+            weight = max(self.smoothing, -math.expm1(-(per_batch + per_sample * n_samples) / self.memory_s))
+            self._moments = (1 - weight) * self._moments + weight * m
         self._last = (n_samples, seconds)
 
     def slowdown(self) -> float:
@@ -119,7 +130,7 @@ class AdmissionMargin:
     event loop and batch-to-batch variance all show up here, whatever their cause, so admission by deadline keeps
     its promise under conditions the compute model alone does not see."""
 
-    def __init__(self, quantile: float = 0.95, window: int = 64, floor: float = MIN_DEADLINE_MARGIN):
+    def __init__(self, quantile: float = 0.99, window: int = 64, floor: float = MIN_DEADLINE_MARGIN):
         self.quantile = quantile
         self.floor = floor
         self._ratios: collections.deque[float] = collections.deque(maxlen=window)
@@ -178,6 +189,7 @@ class DynamicBatcher:
         self._stager = ThreadPoolExecutor(max_workers=1, thread_name_prefix="stager")
         self._computing: asyncio.Task | None = None  # the batch on the device now
         self._staged_samples = 0  # taken from the queue for the next batch, not yet computing
+        self._recent_batches: collections.deque[int] = collections.deque(maxlen=RECENT_BATCHES)  # their sizes
         self._task: asyncio.Task | None = None
         self._closed = False
 
@@ -198,10 +210,13 @@ class DynamicBatcher:
             raise Overloaded("server is shutting down")
         busy_samples, busy_since = self._busy
         now = time.monotonic()
-        # Until this request's own samples are scored: the batch running now, the one staged after it, the queue
-        # ahead, this request.
+        # Until this request's batch is scored: the batch running now, the one staged after it, the queue ahead, and
+        # the batch this request joins, as full as batches have lately been: the request is answered only when its
+        # whole batch is, and under load that batch fills up behind it (predicted by its own samples alone, requests
+        # admitted after it pushed it past its deadline: a fifth of the admitted 3x64x64 requests under overload).
         ahead = self._queued_samples + self._staged_samples
-        done_in = self.speed.expected_wait(ahead + n, busy_samples, now - busy_since)
+        done_in = self.speed.expected_wait(self._staged_samples + self._batch_end(self._queued_samples + n),
+                                           busy_samples, now - busy_since)
         if self._queued_samples + n > self.max_queue_samples:
             raise self._refusal(f"scoring queue full ({self._queued_samples} samples waiting)", done_in)
         if not (ahead or busy_samples):
@@ -216,6 +231,21 @@ class DynamicBatcher:
                                 f"answer, {max(deadline - now, 0.0) * 1000:.0f} ms left", done_in,
                                 " or with a longer deadline")
         return done_in, False
+
+    def _batch_end(self, samples: int) -> int:
+        """Samples queued up to the end of the batch that will hold the ``samples``-th queued one: the batches
+        before it full, and its own as full as the latest batches were (it keeps gathering while the device is busy:
+        under load it fills, at a trickle it stays small)."""
+        if not self.enabled:
+            return samples
+        full, tail = divmod(samples, self.max_batch_samples)
+        return full * self.max_batch_samples + (max(tail, max(self._recent_batches, default=0)) if tail else 0)
+
+    def precheck(self, deadline: float | None) -> None:
+        """Refuse (Overloaded) a call that admission would refuse even with one sample, before its request is read:
+        a refusal then costs no transfer of the samples, and under overload the cores stay with the queue instead of
+        receiving requests that would be turned away. ``submit`` checks again with the request's own samples."""
+        self._admit(1, deadline)
 
     def _refusal(self, reason: str, done_in: float, alternative: str = "") -> Overloaded:
         """Overloaded, with when to come back: a random point in the second half of the time the queue now needs at
@@ -329,6 +359,7 @@ class DynamicBatcher:
                 continue
             sizes = [len(item.samples) for item in batch]
             self._staged_samples = sum(sizes)
+            self._recent_batches.append(self._staged_samples)
             try:
                 samples = self._join([item.samples for item in batch])
                 if self._stage is not None:

@@ -114,30 +114,46 @@ class ScoringService:
             raise InvalidInput("UINT8 is for image pixels; this model scores feature vectors: send FLOAT32")
         return self.scorer.check(to_channels_first(samples, layout, self.scorer.sample_shape))
 
+    async def arrive(self, deadline: float | None = None, client: str = "") -> None:
+        """What a call must pass before its request is read: a ready model, the pushback its connection was given
+        held to (``client`` names the connection, serving/pushback.py), and room in the queue before its deadline
+        (a time.monotonic() value) for at least one sample. Refused here, a request's samples are never read."""
+        self._refuse_unless_ready()
+        try:
+            await self.pushback.hold(client, deadline)
+            self.batcher.precheck(deadline)
+        except Overloaded as exc:
+            self._told(client, exc)
+            raise
+
     async def score(self, samples: np.ndarray, n_ids: int = 0, deadline: float | None = None,
                     diagnostics=(), layout: str = "NCHW", maps: bool = False,
                     client: str = "") -> tuple[str, ScoreResult]:
-        """Score one request's samples, given in ``layout`` (detector/data/layout.py); ``deadline`` is a
-        time.monotonic() value; ``diagnostics`` names costlier scores to add; ``maps``: per-pixel anomaly maps
-        too. Requests share a batch only with requests of the same model, diagnostics and maps. ``client`` names
-        the connection (serving/pushback.py): one that comes back before the pushback it was given waits for it."""
-        if not self.ready:
-            self.last_refused = time.monotonic()
-            raise ModelNotReady("model not ready (loading, or the server is shutting down); retry shortly")
+        """Score one request's samples, given in ``layout`` (detector/data/layout.py), after ``arrive``;
+        ``diagnostics`` names costlier scores to add; ``maps``: per-pixel anomaly maps too. Requests share a batch
+        only with requests of the same model, diagnostics and maps."""
+        self._refuse_unless_ready()
         samples = self.check(samples, n_ids, layout)
         asked = check_diagnostics(diagnostics)
         scorer = self.scorer  # the model this request is admitted under, even if a reload follows
         if maps:
             scorer.check_maps()
         try:
-            await self.pushback.hold(client, deadline)
             result: ScoreResult = await self.batcher.submit(samples, deadline, model=(scorer, asked, maps))
         except Overloaded as exc:
-            if exc.retry_after_s is not None:
-                self.pushback.told(client, exc.retry_after_s)
+            self._told(client, exc)
             raise
         self.metrics.record_results(scorer.model_version, result, scorer.calibration.get(PRIMARY))
         return scorer.model_version, result
+
+    def _refuse_unless_ready(self) -> None:
+        if not self.ready:
+            self.last_refused = time.monotonic()
+            raise ModelNotReady("model not ready (loading, or the server is shutting down); retry shortly")
+
+    def _told(self, client: str, refusal: Overloaded) -> None:
+        if refusal.retry_after_s is not None:
+            self.pushback.told(client, refusal.retry_after_s)
 
     async def drain(self) -> None:
         self.ready = False

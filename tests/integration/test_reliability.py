@@ -225,6 +225,39 @@ def test_a_client_that_resends_before_its_pushback_is_held_until_then_and_others
         assert all(code_of(f.result) in (grpc.StatusCode.OK, grpc.StatusCode.RESOURCE_EXHAUSTED) for f in busy)
 
 
+def test_a_call_the_queue_cannot_take_is_refused_before_its_samples_are_read(scorer):
+    """Admission runs when the call arrives: a client whose request never comes is still answered at once."""
+    with ServerThread(scorer, max_batch_samples=4, max_delay_ms=0, max_queue_wait_ms=300) as s:
+        slowed(s, 0.2)
+        stub(s.target).Score(request(4), timeout=10)  # teaches the batcher its speed
+        busy = queued_work(s.target)  # 0.8 s of work
+        time.sleep(0.05)
+        never, started = threading.Event(), time.monotonic()
+
+        def withheld():  # the request, on the wire as a unary call's, held back by the client
+            never.wait(10)
+            yield request(4).SerializeToString()
+
+        call = grpc.insecure_channel(s.target).stream_unary("/detector.v1.Detector/Score")
+        try:
+            with pytest.raises(grpc.RpcError) as err:
+                call(withheld(), timeout=5)
+        finally:
+            never.set()
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "retry in about" in err.value.details()
+        assert time.monotonic() - started < 2.0  # not after waiting for the request
+        assert all(code_of(f.result) in (grpc.StatusCode.OK, grpc.StatusCode.RESOURCE_EXHAUSTED) for f in busy)
+
+
+@pytest.mark.parametrize("messages,reason", [(0, "no request message"), (2, "more than one request message")])
+def test_score_takes_exactly_one_request(server_for_module, messages, reason):
+    s = server_for_module
+    call = grpc.insecure_channel(s.target).stream_unary("/detector.v1.Detector/Score")
+    with pytest.raises(grpc.RpcError) as err:
+        call(iter([request(2).SerializeToString()] * messages), timeout=10)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and reason in err.value.details()
+
+
 def test_reload_swaps_model_and_results_follow(scorer, other_bundle):
     new = Scorer.from_path(other_bundle, device="cpu")
     assert new.model_version != scorer.model_version

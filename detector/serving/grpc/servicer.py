@@ -95,22 +95,49 @@ async def _raise(exc: Exception):
     raise exc
 
 
+def _caller(context) -> tuple[float | None, str]:
+    """The call's deadline (a time.monotonic() value) and the connection it came on (serving/pushback.py)."""
+    return deadline_from_remaining(context.time_remaining()), identity(context.peer())
+
+
+async def _only_message(request_iterator):
+    """The one request of a unary call. Score is served as request-streaming (the wire format of a unary call is
+    the same, and every client sees the unary method of the proto), so that it reads its request only once the
+    call is admitted; a second message, or none, is a client error."""
+    messages = aiter(request_iterator)
+    request = await anext(messages, None)
+    if request is None:
+        raise InvalidInput("no request message: Score takes exactly one ScoreRequest")
+    if await anext(messages, None) is not None:
+        raise InvalidInput("more than one request message: Score takes exactly one ScoreRequest (stream requests "
+                           "with ScoreStream)")
+    return request
+
+
 class DetectorServicer(pb_grpc.DetectorServicer):
     def __init__(self, service: ScoringService):
         self.service = service
 
-    async def _score_one(self, request: pb.ScoreRequest, context) -> pb.ScoreResponse:
+    async def _score_one(self, request: pb.ScoreRequest, deadline: float | None, client: str) -> pb.ScoreResponse:
         request = parsed(request)
         samples = tensor_to_array(request.samples)
-        version, result = await self.service.score(samples, len(request.sample_ids),
-                                                   deadline_from_remaining(context.time_remaining()),
-                                                   request.diagnostics, tensor_layout(request.samples),
-                                                   maps=request.return_anomaly_maps, client=identity(context.peer()))
+        version, result = await self.service.score(samples, len(request.sample_ids), deadline, request.diagnostics,
+                                                   tensor_layout(request.samples), maps=request.return_anomaly_maps,
+                                                   client=client)
         return result_to_response(request.request_id, version, result, request.sample_ids)
 
+    async def _arrive_and_score(self, request: pb.ScoreRequest, context) -> pb.ScoreResponse:
+        deadline, client = _caller(context)
+        await self.service.arrive(deadline, client)
+        return await self._score_one(request, deadline, client)
+
     @_observed("Score")
-    async def Score(self, request, context):
-        return await self._score_one(request, context)
+    async def Score(self, request_iterator, context):
+        # Registered request-streaming (add_detector_service): admission at arrival runs before the request, up to
+        # 64 MiB of samples, is read, so a refused call costs no transfer of its samples.
+        deadline, client = _caller(context)
+        await self.service.arrive(deadline, client)
+        return await self._score_one(await _only_message(request_iterator), deadline, client)
 
     @_observed("ScoreStream", streaming=True)
     async def ScoreStream(self, request_iterator, context):
@@ -129,7 +156,7 @@ class DetectorServicer(pb_grpc.DetectorServicer):
                         await pending.put(asyncio.ensure_future(_raise(Overloaded(
                             f"stream reached its limit of {limit} requests; open a new stream"))))
                         break
-                    await pending.put(asyncio.ensure_future(self._score_one(request, context)))
+                    await pending.put(asyncio.ensure_future(self._arrive_and_score(request, context)))
             finally:
                 await pending.put(done)
 
@@ -155,7 +182,7 @@ def add_detector_service(servicer: DetectorServicer, server) -> None:
     """Register like the generated ``add_DetectorServicer_to_server``, but with request parsers that let
     unparsable bytes reach the servicer (INVALID_ARGUMENT, counted) instead of failing inside gRPC."""
     handlers = {
-        "Score": grpc.unary_unary_rpc_method_handler(
+        "Score": grpc.stream_unary_rpc_method_handler(  # unary on the wire: see DetectorServicer.Score
             servicer.Score, request_deserializer=lenient_parser(pb.ScoreRequest),
             response_serializer=pb.ScoreResponse.SerializeToString),
         "ScoreStream": grpc.stream_stream_rpc_method_handler(

@@ -24,6 +24,24 @@ def test_speed_model_separates_fixed_and_per_sample_cost():
     assert speed.expected_wait(300, busy_samples=100, busy_for=0.1) == pytest.approx(0.11 + 2 * 0.010 + 0.6, abs=1e-3)
 
 
+def test_speed_model_follows_the_last_seconds_of_long_batches():
+    """A batch the fit expects to take half a second or more weighs as that much scoring, not as a twentieth of the
+    fit: two slow 2 s batches after many 0.5 s ones move the prediction well over halfway (a fixed weight per batch:
+    to 0.65 s)."""
+    speed = ScoringSpeed(max_batch_samples=64)
+    for _ in range(50):
+        speed.update(64, 0.5)
+    for _ in range(2):
+        speed.update(64, 2.0)
+    assert 64 * speed.cost()[1] > 1.1
+    short = ScoringSpeed(max_batch_samples=64)
+    for _ in range(50):
+        short.update(64, 0.005)
+    for _ in range(2):
+        short.update(64, 0.02)
+    assert 64 * short.cost()[1] < 0.008  # short batches: at the fixed weight, many batches in the fit
+
+
 def test_speed_model_with_one_batch_size_charges_everything_per_sample():
     speed = ScoringSpeed(max_batch_samples=64)
     for _ in range(5):
@@ -114,6 +132,55 @@ def test_a_request_the_queue_cannot_finish_before_its_deadline_is_refused_at_arr
     assert all(0 < w < 0.6 for w in waits), waits
     assert len({round(w, 4) for w in waits}) > len(waits) // 2
     assert all(f"retry in about {w * 1000:.0f} ms" in str(r) for w, r in zip(waits, refused))
+
+
+def per_sample_model(seconds: float):
+    """A ``score_batch`` taking ``seconds`` per sample of its batch."""
+    def score(model, x):
+        time.sleep(seconds * len(x))
+        return x
+    return score
+
+
+def test_a_request_is_admitted_only_if_its_batch_filled_as_batches_lately_were_finishes_in_time():
+    """A request is answered when its whole batch is. Behind a busy device, the batch it joins keeps filling (here
+    with three requests that have time to spare): predicted by its own samples, the tight one would be admitted and
+    expire; predicted as full as the latest batches, it is refused at arrival and the others are served."""
+    async def main():
+        b = DynamicBatcher(per_sample_model(0.05), split_rows, max_batch_samples=8, max_delay_s=0.0)
+        for n in (8, 2):
+            b.speed.update(n, 0.05 * n)
+        b.start()
+        running = asyncio.ensure_future(b.submit(np.zeros((8, 1))))  # a full batch: 0.4 s, and the latest size
+        await asyncio.sleep(0.02)
+        tight = asyncio.ensure_future(b.submit(np.zeros((2, 1)), deadline=time.monotonic() + 0.7))
+        loose = [asyncio.ensure_future(b.submit(np.zeros((2, 1)), deadline=time.monotonic() + 10)) for _ in range(3)]
+        results = await asyncio.gather(running, tight, *loose, return_exceptions=True)
+        await b.drain()
+        return results
+
+    results = run(main())
+    assert isinstance(results[1], Overloaded) and "cannot finish before the call's deadline" in str(results[1])
+    assert all(isinstance(r, np.ndarray) for r in results[:1] + results[2:])
+
+
+def test_at_a_trickle_the_batch_a_request_joins_is_predicted_as_small_as_batches_lately_were():
+    """The same tight request behind a busy device, where batches have been single requests: admitted and served."""
+    async def main():
+        b = DynamicBatcher(per_sample_model(0.05), split_rows, max_batch_samples=8, max_delay_s=0.0)
+        for n in (8, 2):
+            b.speed.update(n, 0.05 * n)
+        b.start()
+        for _ in range(4):
+            await b.submit(np.zeros((2, 1)))  # batches of 2
+        running = asyncio.ensure_future(b.submit(np.zeros((2, 1))))  # 0.1 s
+        await asyncio.sleep(0.02)
+        tight = await b.submit(np.zeros((2, 1)), deadline=time.monotonic() + 0.4)
+        await running
+        await b.drain()
+        return tight
+
+    assert isinstance(run(main()), np.ndarray)
 
 
 def test_the_admission_margin_is_a_high_quantile_of_how_late_answers_ran():

@@ -102,3 +102,17 @@ def test_every_held_request_is_counted_once_whether_it_goes_on_or_is_refused_bef
     with pytest.raises(Overloaded):
         run(ledger.hold("ipv4:10.0.0.1:1", deadline=time.monotonic() + 0.1))  # held, then refused
     assert len(counted) == 2
+
+
+def test_a_connection_holds_as_many_early_requests_as_it_was_refused_and_lets_the_others_through():
+    """One channel carries many callers: two refusals hold the next two early calls on it, not a third caller's."""
+    ledger = PushbackLedger()
+    for _ in range(2):
+        ledger.told("ipv4:10.0.0.1:1", 0.2)
+
+    async def three():
+        return await asyncio.gather(*(ledger.hold("ipv4:10.0.0.1:1", deadline=None) for _ in range(3)))
+
+    held = sorted(run(three()))
+    assert held[0] == 0.0  # the third call was told nothing: straight to admission
+    assert all(0.15 <= h <= 0.2 for h in held[1:])
