@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from pathlib import Path
 
@@ -33,6 +34,7 @@ class ScoringService:
         self.cfg = cfg
         self.ready = False
         self.last_refused = 0.0  # time.monotonic() of the last request refused as not ready
+        self.last_overloaded = -math.inf  # and of the last one refused as overload (RESOURCE_EXHAUSTED)
         wait = cfg.max_queue_wait_ms / 1000 if cfg.max_queue_wait_ms else None
         self.batcher = DynamicBatcher(score_batch, ScoreResult.split, cfg.max_batch_samples, cfg.max_delay_ms / 1000,
                                       cfg.max_queue_samples, observer=metrics, enabled=cfg.batching,
@@ -152,6 +154,7 @@ class ScoringService:
             raise ModelNotReady("model not ready (loading, or the server is shutting down); retry shortly")
 
     def _told(self, client: str, refusal: Overloaded) -> None:
+        self.last_overloaded = time.monotonic()
         if refusal.retry_after_s is not None:
             self.pushback.told(client, refusal.retry_after_s)
 

@@ -8,6 +8,7 @@ import json
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -27,11 +28,14 @@ def grpcurl(target: str, method: str, body: dict | None = None) -> subprocess.Co
     return subprocess.run([*args, target, method], capture_output=True, text=True, timeout=60)
 
 
-def test_grpcurl_scores_n_h_w_and_channels_last_like_the_python_client(bundle_path):
+@pytest.mark.parametrize("refusing", [False, True], ids=["unary", "admitted-before-reading"])
+def test_grpcurl_scores_n_h_w_and_channels_last_like_the_python_client(bundle_path, refusing):
     scorer = Scorer.from_path(bundle_path, device="cpu")
     x = bars(3, size=16, seed=21)  # (3, 1, 16, 16)
     local = scorer.score(x)
     with ServerThread(scorer) as s:
+        if refusing:  # as if it had just refused a call: Score reads each request after admission
+            s.running.service.last_overloaded = time.monotonic() + 600
         info = grpcurl(s.target, "detector.v1.Detector/GetModelInfo", {})
         assert info.returncode == 0, info.stderr
         shapes = json.loads(info.stdout)["accepted_shapes"]

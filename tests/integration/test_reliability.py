@@ -232,6 +232,8 @@ def test_a_call_the_queue_cannot_take_is_refused_before_its_samples_are_read(sco
         stub(s.target).Score(request(4), timeout=10)  # teaches the batcher its speed
         busy = queued_work(s.target)  # 0.8 s of work
         time.sleep(0.05)
+        assert code_of(lambda: own_connection(s.target).Score(request(4), timeout=20)) == \
+            grpc.StatusCode.RESOURCE_EXHAUSTED  # the server is refusing calls now: it admits before reading
         never, started = threading.Event(), time.monotonic()
 
         def withheld():  # the request, on the wire as a unary call's, held back by the client
@@ -250,8 +252,9 @@ def test_a_call_the_queue_cannot_take_is_refused_before_its_samples_are_read(sco
 
 
 @pytest.mark.parametrize("messages,reason", [(0, "no request message"), (2, "more than one request message")])
-def test_score_takes_exactly_one_request(server_for_module, messages, reason):
+def test_score_read_after_admission_takes_exactly_one_request(server_for_module, monkeypatch, messages, reason):
     s = server_for_module
+    monkeypatch.setattr(s.running.service, "last_overloaded", time.monotonic() + 60)  # as if it were refusing calls
     call = grpc.insecure_channel(s.target).stream_unary("/detector.v1.Detector/Score")
     with pytest.raises(grpc.RpcError) as err:
         call(iter([request(2).SerializeToString()] * messages), timeout=10)

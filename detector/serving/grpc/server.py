@@ -20,15 +20,13 @@ from detector.config import ServeConfig
 from detector.errors import BundleError
 from detector.scoring.scorer import Scorer
 from detector.serving.grpc.security import BearerTokenInterceptor, server_credentials
-from detector.serving.grpc.servicer import DetectorServicer, add_detector_service
+from detector.serving.grpc.servicer import SERVICE_NAME, DetectorServicer, add_detector_service
 from detector.serving.metrics import ServerMetrics
 from detector.serving.process import write_ready_file
 from detector.serving.service import ScoringService
-from detector.v1 import detector_pb2
 
 log = logging.getLogger("detector.serve")
 REFUSAL_QUIET_S = 0.25  # on shutdown, close the listener once no request was refused for this long
-SERVICE_NAME = detector_pb2.DESCRIPTOR.services_by_name["Detector"].full_name  # "detector.v1.Detector"
 
 
 @dataclass
