@@ -112,8 +112,11 @@ def _serve_command(sub) -> None:
     p.add_argument("--metrics-host", default=None, help="address of the metrics endpoint (default: --host)")
     p.add_argument("--metrics-port", type=int, default=9090, help="Prometheus port; 0 picks, -1 disables")
     p.add_argument("--max-batch-samples", type=_positive_int, default=256,
-                   help="most samples in one forward pass; concurrent requests are gathered up to it (default 256; "
-                        "1024 or more on a GPU)")
+                   help="most samples in one forward pass; concurrent requests are gathered up to it, or up to the "
+                        "smallest batch the device scores about as fast per sample, measured at start-up (default "
+                        "256; 1024 or more on a GPU)")
+    p.add_argument("--fixed-batch", dest="tune_batch", action="store_false",
+                   help="batch up to --max-batch-samples as given, without measuring at start-up")
     p.add_argument("--max-delay-ms", type=float, default=2.0,
                    help="longest a request waits for others to share its forward pass (default 2)")
     p.add_argument("--max-queue-samples", type=_positive_int, default=4096,
@@ -241,6 +244,7 @@ def serve(args: argparse.Namespace, wrap=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     cfg = ServeConfig(host=args.host, port=args.port, metrics_host=args.metrics_host or args.host,
                       metrics_port=args.metrics_port, device=args.device, max_batch_samples=args.max_batch_samples,
+                      tune_batch=args.tune_batch,
                       max_delay_ms=args.max_delay_ms, max_queue_samples=args.max_queue_samples,
                       max_queue_wait_ms=args.max_queue_wait_ms, max_stream_requests=args.max_stream_requests,
                       max_request_samples=args.max_request_samples, max_message_bytes=args.max_message_mb << 20,

@@ -204,7 +204,8 @@ class ServeConfig:
     metrics_host: str = "127.0.0.1"  # may differ from host: keep metrics on an internal address
     metrics_port: int = 9090  # 0 picks a free port; -1 disables the metrics endpoint
     device: str = "auto"
-    max_batch_samples: int = 256  # samples per forward pass; ~1 batch fills 2 CPU cores for a few ms
+    max_batch_samples: int = 256  # samples per forward pass, at most; ~1 batch fills 2 CPU cores for a few ms
+    tune_batch: bool = True  # at start-up, batch only as many as the device scores fastest (serving/service.py)
     max_delay_ms: float = 2.0  # longest a request waits for others to share its batch
     max_queue_samples: int = 4096  # beyond this, RESOURCE_EXHAUSTED at once instead of growing latency
     max_queue_wait_ms: float = 5000.0  # also refuse when the queue holds more than this much scoring; 0: off.

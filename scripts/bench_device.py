@@ -36,6 +36,7 @@ from detector.config import Settings
 from detector.data.ood_suite import coloured_objects
 from detector.data.sampleset import SampleSet
 from detector.scoring.scorer import Scorer
+from detector.timing import best_rate
 from detector.training.pipeline import train_bundle
 
 ROOT = Path(__file__).resolve().parent.parent

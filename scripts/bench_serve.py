@@ -29,19 +29,23 @@ from pathlib import Path
 import numpy as np
 
 from detector.bench.loadgen import bench_samples, load
-from detector.bench.results import best_rate, stamp, write_results
+from detector.bench.results import stamp, write_results
+from detector.timing import best_rate
 from detector.model.bundle import load_bundle
 from detector.serving.process import ServeProcess
 
 ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_LIMIT = 256  # `detector serve`'s default --max-batch-samples
 
 # ---------------------------------------------------------------- server side
-def server(bundle, noop: bool = False, batching: bool = True, max_batch: int = 256, max_delay_ms: float = 2.0,
-           precision: str = "fp32", device: str = "auto") -> ServeProcess:
-    """`detector serve` with the bench's settings (a queue long enough never to refuse on its own); ``noop``: the
-    same server with a scorer that does no work (this script's noop-server role), for the transport ceiling."""
-    flags = ["--max-batch-samples", str(max_batch), "--max-delay-ms", str(max_delay_ms), "--max-queue-samples",
-             str(1 << 20), "--precision", precision, *([] if batching else ["--no-batching"])]
+def server(bundle, noop: bool = False, batching: bool = True, max_batch: int | None = None,
+           max_delay_ms: float = 2.0, precision: str = "fp32", device: str = "auto") -> ServeProcess:
+    """`detector serve` with the bench's settings (a queue long enough never to refuse on its own); ``max_batch``:
+    exactly that batch (None: the server's default, tuned at start-up); ``noop``: the same server with a scorer
+    that does no work (this script's noop-server role), for the transport ceiling."""
+    batch = [] if max_batch is None else ["--max-batch-samples", str(max_batch), "--fixed-batch"]
+    flags = [*batch, "--max-delay-ms", str(max_delay_ms), "--max-queue-samples", str(1 << 20),
+             "--precision", precision, *([] if batching else ["--no-batching"])]
     command = [sys.executable, __file__, "--role", "noop-server"] if noop else ()
     return ServeProcess(bundle, *flags, device=device, command=command)
 
@@ -72,17 +76,25 @@ class NoopScorer:
         return self._result.slice(0, len(batch))
 
 
-def ceiling(bundle, max_batch) -> tuple[float, int, float]:
-    """(a): the in-process Scorer's best samples/s over batches of 32 up to ``max_batch`` (doubling), with the batch
-    that gave it, and the seconds one full ``max_batch`` batch takes (for (e)'s bound)."""
+def ceiling(bundle, limit: int) -> dict[int, float]:
+    """(a): the in-process Scorer's samples/s at batches of 1, 2, 4 ... up to ``limit`` (the best of them is (a))."""
     from detector.scoring.scorer import Scorer
 
     scorer = Scorer.from_path(bundle)
-    x = np.concatenate([bench_samples(bundle)] * (1 + max_batch // 2048))[:max_batch]
-    best = {n: best_rate(lambda: scorer.score(x[:n]), n)
-            for n in sorted({*(32 << i for i in range(16) if 32 << i < max_batch), max_batch})}
-    at = max(best, key=best.get)
-    return best[at], at, max_batch / best[max_batch]
+    x = np.concatenate([bench_samples(bundle)] * (1 + limit // 2048))[:limit]
+    return {n: best_rate(lambda: scorer.score(x[:n]), n) for n in sorted({*(1 << i for i in range(limit.bit_length())),
+                                                                       limit})}
+
+
+def served_batch(target: str) -> int:
+    """The batch limit the server at ``target`` works with (GetModelInfo: tuned at start-up unless fixed)."""
+    import grpc
+
+    from detector.v1 import detector_pb2 as pb
+    from detector.v1 import detector_pb2_grpc as pb_grpc
+
+    with grpc.insecure_channel(target) as channel:
+        return pb_grpc.DetectorStub(channel).GetModelInfo(pb.ModelInfoRequest(), timeout=30).max_batch_samples
 
 
 def main() -> None:
@@ -92,7 +104,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--bundle", required=True, action="append",
                         help="the model to serve; repeat it to measure several in one run (e.g. 1x28x28 and 3x64x64)")
-    parser.add_argument("--max-batch", type=int, default=256)
+    parser.add_argument("--max-batch", type=int, default=None,
+                        help="serve exactly this batch (--fixed-batch); default: the server's own, tuned at start-up "
+                             "up to 256")
     parser.add_argument("--max-delay-ms", type=float, default=2.0)
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--overload", action="store_true", help="(d) and (f) alone, into serving-overload.md")
@@ -110,9 +124,12 @@ def main() -> None:
                    else ("serving", "Serving throughput and latency"))
     res = stamp({"models": results})
     command = " ".join(["scripts/bench_serve.py", *(f"--bundle {b}" for b in args.bundle),
-                        *(["--overload"] if args.overload else []), f"--seconds {args.seconds:g}"])
+                        *(["--overload"] if args.overload else []), f"--seconds {args.seconds:g}",
+                        *([f"--max-batch {args.max_batch}"] if args.max_batch else [])])
+    batch = (f"max batch {args.max_batch}, fixed" if args.max_batch else
+             f"max batch tuned at start-up, of at most {DEFAULT_LIMIT}: each section says to what")
     lines = [f"# {title}", "", f"Measured by `.venv/bin/python {command}` on {res['machine']}, {res['date']}, "
-             f"each model in turn; default server settings (max batch {args.max_batch}, max delay "
+             f"each model in turn; default server settings ({batch}, max delay "
              f"{args.max_delay_ms:g} ms{', max queue wait 5000 ms' if args.overload else ''}). Clients run in 4 "
              "separate processes on the same machine, so on 2 cores they compete with the server for CPU.", "",
              *([OVERLOAD_NOTE, ""] if args.overload else []), *sections]
@@ -123,13 +140,17 @@ def measure(args, bundle, samples) -> tuple[dict, list[str]]:
     """(a)-(e) with one model, each printed as it is measured, then the checks against the issue's bars; returns
     the results and their section of serving.md."""
     res = {}
-    res["a_ceiling_samples_per_s"], res["a_best_batch"], batch_s = ceiling(bundle, args.max_batch)
+    rates = ceiling(bundle, args.max_batch or DEFAULT_LIMIT)
+    res["a_best_batch"] = max(rates, key=rates.get)
+    res["a_ceiling_samples_per_s"] = rates[res["a_best_batch"]]
     print(f"(a) in-process Scorer at its best batch ({res['a_best_batch']}): {res['a_ceiling_samples_per_s']:.0f} "
-          f"samples/s; batch {args.max_batch} takes {batch_s * 1e3:.1f} ms", flush=True)
+          f"samples/s", flush=True)
     with server(bundle, noop=True) as s:
         res["b_transport"] = load(s.target, samples, args.seconds, 1, 64)
     print(f"(b) transport ceiling (no-op scorer, 64 clients x 1 sample): {res['b_transport']}", flush=True)
     with server(bundle, max_batch=args.max_batch, max_delay_ms=args.max_delay_ms) as s:
+        res["served_batch"] = served_batch(s.target)
+        print(f"served batch: {res['served_batch']}", flush=True)
         res["c_batching_on"] = load(s.target, samples, args.seconds, 1, 64)
         print(f"(c) real server, batching on, 64 clients x 1 sample: {res['c_batching_on']}", flush=True)
         res["d_8x64"] = load(s.target, samples, args.seconds, 64, 8)
@@ -141,6 +162,8 @@ def measure(args, bundle, samples) -> tuple[dict, list[str]]:
     with server(bundle, batching=False, max_batch=args.max_batch) as s:
         res["c_batching_off"] = load(s.target, samples, args.seconds, 1, 64)
     print(f"(c) real server, batching off, 64 clients x 1 sample: {res['c_batching_off']}", flush=True)
+    served = res["served_batch"]
+    batch_s = served / (rates[served] if served in rates else ceiling(bundle, served)[served])
     return res, serving_section(args, res, batch_s)
 
 
@@ -165,8 +188,11 @@ def serving_section(args, res: dict, batch_s: float) -> list[str]:
             ("(c) batching off, 64 clients x 1", res["c_batching_off"]),
             ("(d) batching on, 8 clients x 64", res["d_8x64"]),
             (f"(e) open loop at {res['e_half_rate']['offered_per_s']:.0f} req/s", res["e_half_rate"])]
-    lines = [f"(a) in-process Scorer ceiling at its best batch ({res['a_best_batch']}, of 32 to {args.max_batch}): "
-             f"**{a:.0f} samples/s**; a full batch of {args.max_batch} takes {batch_s * 1e3:.1f} ms.", "",
+    limit = args.max_batch or DEFAULT_LIMIT
+    lines = [f"(a) in-process Scorer ceiling at its best batch ({res['a_best_batch']}, of 1 to {limit}): "
+             f"**{a:.0f} samples/s**. The server batches up to {res['served_batch']} samples "
+             f"({'fixed' if args.max_batch else f'tuned at start-up, of at most {limit}'}); a full batch of "
+             f"{res['served_batch']} takes {batch_s * 1e3:.1f} ms in-process.", "",
              "| run | samples/s | p50 ms | p95 ms | p99 ms | errors | lost/swapped |", "|---|---|---|---|---|---|---|"]
     lines += [f"| {name} | {r['samples_per_s']:.0f} | {r['p50_ms']:.1f} | {r['p95_ms']:.1f} | {r['p99_ms']:.1f} | "
               f"{r['errors']} | {r['bad']} |" for name, r in rows]
@@ -183,16 +209,19 @@ OVERLOAD_NOTE = (
 def overload(args, bundle, samples) -> tuple[dict, list[str]]:
     """(d), (f) and (f') in one run, one server: admission by deadline under 20x overload."""
     with server(bundle, max_batch=args.max_batch, max_delay_ms=args.max_delay_ms) as s:
+        served = served_batch(s.target)
+        print(f"served batch: {served}", flush=True)
         d = load(s.target, samples, args.seconds, 64, 8)
         print(f"(d) 8 clients x 64 samples: {d}", flush=True)
         f = load(s.target, samples, 10.0, 64, 256, timeout=2.0, pushback=True)
         print(f"(f) 256 clients x 64 samples, 2 s deadlines, retry after the server's pushback: {f}", flush=True)
         naive = load(s.target, samples, 10.0, 64, 256, timeout=2.0)
         print(f"(f') the same, resending at once: {naive}", flush=True)
-    res = {"d_8x64": d, "f_overload": f, "f_overload_resend_at_once": naive,
+    res = {"served_batch": served, "d_8x64": d, "f_overload": f, "f_overload_resend_at_once": naive,
            "checks": {**overload_checks("(f)", f, d), **overload_checks("(f')", naive, d),
                       "lost + duplicated + swapped answers": d["bad"] + f["bad"] + naive["bad"]}}
-    lines = ["| run | requests | OK | samples/s (goodput) | p99 ms (OK) | p99 ms (refused) | codes |",
+    lines = [f"The server batches up to {served} samples.", "",
+             "| run | requests | OK | samples/s (goodput) | p99 ms (OK) | p99 ms (refused) | codes |",
              "|---|---|---|---|---|---|---|"]
     for name, r in (("(d) 8 clients x 64", d), ("(f) 256 clients x 64, 2 s deadlines, 10 s, pushback honoured", f),
                     ("(f') the same, resending at once", naive)):

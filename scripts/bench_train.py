@@ -30,7 +30,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from detector.bench.results import best_rate, stamp
+from detector.bench.results import stamp
+from detector.timing import best_rate
 from detector.config import ModelConfig, TrainConfig
 from detector.data import load_spec
 from detector.data.sampleset import to_model_space

@@ -1,5 +1,5 @@
-"""What every benchmark script shares: a description of the machine, the fastest-of-N rate of a call, and
-writing NAME.json + NAME.md."""
+"""What every benchmark script shares: a description of the machine and writing NAME.json + NAME.md (the
+fastest-of-N rate of a call is detector/timing.py's, which the server's warm-up uses too)."""
 
 from __future__ import annotations
 
@@ -22,25 +22,6 @@ def stamp(result: dict) -> dict:
     result["machine"] = machine()
     result["date"] = time.strftime("%Y-%m-%d")
     return result
-
-
-def best_rate(fn, n: int, repeat: int = 5, device=None) -> float:
-    """Items per second of the fastest of ``repeat`` calls of ``fn`` (``n`` items each), after one warm-up call;
-    on a CUDA ``device`` the device is synchronised around each call."""
-    import torch
-
-    sync = device is not None and device.type == "cuda"
-    fn()
-    times = []
-    for _ in range(repeat):
-        if sync:
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        fn()
-        if sync:
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-    return n / min(times)
 
 
 def write_results(out: Path, name: str, result: dict, lines: list[str]) -> None:

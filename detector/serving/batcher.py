@@ -193,6 +193,10 @@ class DynamicBatcher:
         self._task: asyncio.Task | None = None
         self._closed = False
 
+    def limit_batch(self, max_batch_samples: int) -> None:
+        """Batch at most this many samples from now on (the server's warm-up sets the batch it measured best)."""
+        self.max_batch_samples = self.speed.max_batch_samples = max_batch_samples
+
     @property
     def queue_depth(self) -> int:
         """Samples waiting for a forward pass."""

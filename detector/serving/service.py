@@ -21,8 +21,10 @@ from detector.scoring.staging import Staged
 from detector.serving.batcher import DynamicBatcher
 from detector.serving.metrics import ServerMetrics
 from detector.serving.pushback import PushbackLedger
+from detector.timing import best_rate
 
 log = logging.getLogger("detector.serve")
+TUNED_SHARE = 0.9  # the served batch scores at least this share of the best samples/s measured at start-up
 
 
 class ScoringService:
@@ -51,10 +53,16 @@ class ScoringService:
         self.ready = True
 
     def _warm_up(self) -> None:
-        """A first pass pays the start-up costs; timed passes at two batch sizes seed the batcher's speed model
-        (without them, a burst arriving at start-up is admitted whole, however late it would finish)."""
+        """A first pass pays the start-up costs; the batch is tuned (tuned_batch); timed passes at two batch sizes
+        seed the batcher's speed model (without them, a burst arriving at start-up is admitted whole, however late
+        it would finish)."""
         full = self.cfg.max_batch_samples
         smoke_test(self.scorer, min(full, 64))
+        if self.cfg.tune_batch:
+            full = tuned_batch(self.scorer, full)
+            log.info("batching up to %d samples (the fastest per sample measured, of at most %d)", full,
+                     self.cfg.max_batch_samples)
+        self.batcher.limit_batch(full)
         for n in (full, max(1, full // 4)):
             started = time.perf_counter()
             smoke_test(self.scorer, n)
@@ -89,8 +97,13 @@ class ScoringService:
             if a != b:
                 raise BundleError(f"{path}: {what} {b} differs from the served {a}; clients would break "
                                   f"(restart the server to change it)")
-        smoke_test(new, min(self.cfg.max_batch_samples, 64))
+        smoke_test(new, min(self.max_batch_samples, 64))
         return new
+
+    @property
+    def max_batch_samples(self) -> int:
+        """The batch limit in force (tuned at start-up, at most cfg.max_batch_samples)."""
+        return self.batcher.max_batch_samples
 
     def live(self) -> dict:
         return {
@@ -182,6 +195,21 @@ def score_batch(key: tuple[Scorer, frozenset[str], bool], samples: Staged | Chec
         half = len(samples) // 2
         log.warning("out of device memory on a batch of %d samples; scoring it in halves", len(samples))
         return ScoreResult.concat([score_batch(key, samples[:half]), score_batch(key, samples[half:])])
+
+
+def tuned_batch(scorer: Scorer, limit: int, share: float = TUNED_SHARE) -> int:
+    """The smallest batch, of 1, 2, 4 ... up to ``limit``, that scores within ``share`` of the best samples/s
+    measured (fastest of 3 passes each, on blank samples). Past the device's best, a larger batch only makes every
+    request in it wait longer, and admission by deadline promise less: at 3x64x64 on 2 CPU cores a batch of 32 was
+    the fastest per sample and one of 256 took 0.75 s, and under overload a quarter of the requests admitted to
+    such batches missed 2 s deadlines. A GPU, whose samples/s grow with the batch, keeps large ones."""
+    sizes = sorted({*(1 << i for i in range(limit.bit_length())), limit})
+    rates = {}
+    for n in sizes:
+        blank = np.zeros((n, *scorer.sample_shape), dtype=np.uint8 if scorer.input_dtype == "uint8" else np.float32)
+        rates[n] = best_rate(lambda: scorer.score(blank), n, repeat=3, device=scorer.device)
+    best = max(rates.values())
+    return min(n for n in sizes if rates[n] >= share * best)
 
 
 def smoke_test(scorer: Scorer, n: int) -> None:

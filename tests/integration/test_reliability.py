@@ -150,7 +150,7 @@ def server_for_module(scorer):
 
 def test_saturated_queue_refuses_by_expected_wait(scorer):
     # Room for 1000 samples, but 0.3 s of waiting: a few requests in, the rest refused at once.
-    with ServerThread(scorer, max_batch_samples=4, max_delay_ms=0, max_queue_samples=1000,
+    with ServerThread(scorer, max_batch_samples=4, tune_batch=False, max_delay_ms=0, max_queue_samples=1000,
                       max_queue_wait_ms=300) as s:
         slowed(s, 0.2)
         stub(s.target).Score(request(4), timeout=10)  # teaches the batcher its speed
@@ -181,7 +181,7 @@ def test_saturated_queue_refuses_by_expected_wait(scorer):
 
 
 def test_a_refusal_says_when_to_come_back_and_the_client_waits_that_long(scorer):
-    with ServerThread(scorer, max_batch_samples=4, max_delay_ms=0, max_queue_wait_ms=300) as s:
+    with ServerThread(scorer, max_batch_samples=4, tune_batch=False, max_delay_ms=0, max_queue_wait_ms=300) as s:
         slowed(s, 0.2)
         stub(s.target).Score(request(4), timeout=10)  # teaches the batcher its speed
         busy = queued_work(s.target)  # 0.8 s of work
@@ -203,7 +203,7 @@ def test_a_refusal_says_when_to_come_back_and_the_client_waits_that_long(scorer)
 
 
 def test_a_client_that_resends_before_its_pushback_is_held_until_then_and_others_are_not(scorer):
-    with ServerThread(scorer, max_batch_samples=4, max_delay_ms=0, max_queue_wait_ms=300) as s:
+    with ServerThread(scorer, max_batch_samples=4, tune_batch=False, max_delay_ms=0, max_queue_wait_ms=300) as s:
         slowed(s, 0.2)
         busy_client, eager, polite = (own_connection(s.target) for _ in range(3))
         busy_client.Score(request(4), timeout=10)  # teaches the batcher its speed
@@ -227,7 +227,7 @@ def test_a_client_that_resends_before_its_pushback_is_held_until_then_and_others
 
 def test_a_call_the_queue_cannot_take_is_refused_before_its_samples_are_read(scorer):
     """Admission runs when the call arrives: a client whose request never comes is still answered at once."""
-    with ServerThread(scorer, max_batch_samples=4, max_delay_ms=0, max_queue_wait_ms=300) as s:
+    with ServerThread(scorer, max_batch_samples=4, tune_batch=False, max_delay_ms=0, max_queue_wait_ms=300) as s:
         slowed(s, 0.2)
         stub(s.target).Score(request(4), timeout=10)  # teaches the batcher its speed
         busy = queued_work(s.target)  # 0.8 s of work

@@ -33,7 +33,7 @@ def scorer(bundle_path):
 
 @pytest.fixture(scope="module")
 def server(scorer):
-    with ServerThread(scorer, max_batch_samples=64, max_delay_ms=5) as s:
+    with ServerThread(scorer, max_batch_samples=64, tune_batch=False, max_delay_ms=5) as s:
         yield s
 
 
@@ -226,7 +226,7 @@ def slow(scorer, seconds):
 
 
 def test_full_queue_gets_resource_exhausted_at_once(scorer):
-    with ServerThread(scorer, max_queue_samples=4, max_batch_samples=2, max_delay_ms=0) as s:
+    with ServerThread(scorer, max_queue_samples=4, max_batch_samples=2, tune_batch=False, max_delay_ms=0) as s:
         s.running.service.batcher._score_batch = slow(scorer, 0.3)
         codes, lock = [], threading.Lock()
 
@@ -250,7 +250,7 @@ def test_full_queue_gets_resource_exhausted_at_once(scorer):
 
 
 def test_expired_request_is_dropped_before_compute(scorer):
-    with ServerThread(scorer, max_batch_samples=1, max_delay_ms=0) as s:
+    with ServerThread(scorer, max_batch_samples=1, tune_batch=False, max_delay_ms=0) as s:
         s.running.service.batcher._score_batch = slow(scorer, 0.6)
         before = s.metric("detector_batch_size_samples_count")
         blocker = threading.Thread(target=lambda: stub(s.target).Score(raw_request([1, 1, 16, 16]), timeout=20))

@@ -95,15 +95,17 @@ def score_request(samples: np.ndarray, sample_ids: Sequence[str] | None = None, 
                            sample_ids=list(sample_ids or []), diagnostics=list(diagnostics), return_anomaly_maps=maps)
 
 
-def model_info_message(scorer: Scorer, cfg: ServeConfig, diagnostics: Sequence[str]) -> pb.ModelInfo:
-    """What GetModelInfo tells a client about the served model and the server's limits."""
+def model_info_message(scorer: Scorer, cfg: ServeConfig, diagnostics: Sequence[str],
+                       max_batch_samples: int) -> pb.ModelInfo:
+    """What GetModelInfo tells a client about the served model and the server's limits (``max_batch_samples``: the
+    one in force, tuned at start-up)."""
     cal = scorer.calibration
     return pb.ModelInfo(
         model_version=scorer.model_version, input_shape=list(scorer.sample_shape),
         preferred_dtype=pb.UINT8 if scorer.input_dtype == "uint8" else pb.FLOAT32, primary_score="novelty",
         target_fpr=cal["novelty"].target_fpr if "novelty" in cal else 0.0,
         thresholds={k: c.threshold for k, c in cal.items()}, device=str(scorer.device),
-        max_batch_samples=cfg.max_batch_samples, max_request_samples=cfg.max_request_samples,
+        max_batch_samples=max_batch_samples, max_request_samples=cfg.max_request_samples,
         data_kind=scorer.kind, diagnostics=list(diagnostics), accepted_shapes=accepted_shapes_message(scorer.sample_shape))
 
 

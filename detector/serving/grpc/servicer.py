@@ -179,7 +179,8 @@ class DetectorServicer(pb_grpc.DetectorServicer):
     @_observed("GetModelInfo")
     async def GetModelInfo(self, request, context):
         parsed(request)
-        return model_info_message(self.service.scorer, self.service.cfg, self.service.diagnostics)
+        return model_info_message(self.service.scorer, self.service.cfg, self.service.diagnostics,
+                                  self.service.max_batch_samples)
 
 
 # While the server has refused a call within this many seconds, Score reads each request only after admission.
