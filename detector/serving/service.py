@@ -21,7 +21,7 @@ from detector.scoring.staging import Staged
 from detector.serving.batcher import DynamicBatcher
 from detector.serving.metrics import ServerMetrics
 from detector.serving.pushback import PushbackLedger
-from detector.timing import best_rate
+from detector.timing import timed
 
 log = logging.getLogger("detector.serve")
 TUNED_SHARE = 0.9  # the served batch scores at least this share of the best samples/s measured at start-up
@@ -197,17 +197,24 @@ def score_batch(key: tuple[Scorer, frozenset[str], bool], samples: Staged | Chec
         return ScoreResult.concat([score_batch(key, samples[:half]), score_batch(key, samples[half:])])
 
 
-def tuned_batch(scorer: Scorer, limit: int, share: float = TUNED_SHARE) -> int:
+def tuned_batch(scorer: Scorer, limit: int, share: float = TUNED_SHARE, rounds: int = 3) -> int:
     """The smallest batch, of 1, 2, 4 ... up to ``limit``, that scores within ``share`` of the best samples/s
-    measured (fastest of 3 passes each, on blank samples). Past the device's best, a larger batch only makes every
-    request in it wait longer, and admission by deadline promise less: at 3x64x64 on 2 CPU cores a batch of 32 was
-    the fastest per sample and one of 256 took 0.75 s, and under overload a quarter of the requests admitted to
-    such batches missed 2 s deadlines. A GPU, whose samples/s grow with the batch, keeps large ones."""
+    measured (on blank samples, the fastest of ``rounds`` passes each, the sizes taken in turn in each round so that
+    a moment when the cores are busy elsewhere does not favour one size). Past the device's best, a larger batch
+    only makes every request in it wait longer, and admission by deadline promise less: at 3x64x64 on 2 CPU cores,
+    batches of 16 to 256 scored 340-520 samples/s, one of 256 took 0.75 s, and under overload a tenth of the
+    requests admitted to such batches missed 2 s deadlines. A GPU, whose samples/s grow with the batch, keeps large
+    ones."""
     sizes = sorted({*(1 << i for i in range(limit.bit_length())), limit})
-    rates = {}
-    for n in sizes:
-        blank = np.zeros((n, *scorer.sample_shape), dtype=np.uint8 if scorer.input_dtype == "uint8" else np.float32)
-        rates[n] = best_rate(lambda: scorer.score(blank), n, repeat=3, device=scorer.device)
+    dtype = np.uint8 if scorer.input_dtype == "uint8" else np.float32
+    blank = np.zeros((limit, *scorer.sample_shape), dtype=dtype)
+    fastest = dict.fromkeys(sizes, math.inf)
+    for n in sizes:  # first passes: start-up costs of each size
+        scorer.score(blank[:n])
+    for _ in range(rounds):
+        for n in sizes:
+            fastest[n] = min(fastest[n], timed(lambda: scorer.score(blank[:n]), scorer.device))
+    rates = {n: n / fastest[n] for n in sizes}
     best = max(rates.values())
     return min(n for n in sizes if rates[n] >= share * best)
 
