@@ -216,6 +216,7 @@ def tuned_batch(scorer: Scorer, limit: int, share: float = TUNED_SHARE, rounds: 
             fastest[n] = min(fastest[n], timed(lambda: scorer.score(blank[:n]), scorer.device))
     rates = {n: n / fastest[n] for n in sizes}
     best = max(rates.values())
+    log.info("samples/s by batch at start-up: %s", ", ".join(f"{n}: {rate:.0f}" for n, rate in rates.items()))
     return min(n for n in sizes if rates[n] >= share * best)
 
 
