@@ -203,7 +203,8 @@ OVERLOAD_NOTE = (
     "In (f) a refused client waits as long as the server's `grpc-retry-pushback-ms` says (as gRPC's retry policy, "
     "and `detector.client`, do); in (f') it resends at once. The clients of one process share one connection; "
     "a request that arrives on a connection before the pushback it was given is held until then, or refused "
-    "before its deadline (`detector/serving/pushback.py`): the refusals' p99 shows what that costs.")
+    "before its deadline, up to as many requests as the connection was refused (`detector/serving/pushback.py`): "
+    "the refusals' p99 shows what that costs.")
 
 
 def overload(args, bundle, samples) -> tuple[dict, list[str]]:
