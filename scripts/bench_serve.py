@@ -88,10 +88,13 @@ def ceiling(bundle, limit: int) -> dict[int, float]:
 
 def served_batch(target: str) -> int:
     """The batch limit the server at ``target`` works with (GetModelInfo: tuned at start-up unless fixed)."""
-    from detector.client import DetectorClient
+    import grpc
 
-    with DetectorClient(target, timeout=30) as client:
-        return client.model_info().max_batch_samples
+    from detector.v1 import detector_pb2 as pb
+    from detector.v1 import detector_pb2_grpc as pb_grpc
+
+    with grpc.insecure_channel(target) as channel:
+        return pb_grpc.DetectorStub(channel).GetModelInfo(pb.ModelInfoRequest(), timeout=30).max_batch_samples
 
 
 def main() -> None:
@@ -159,7 +162,8 @@ def measure(args, bundle, samples) -> tuple[dict, list[str]]:
     with server(bundle, batching=False, max_batch=args.max_batch) as s:
         res["c_batching_off"] = load(s.target, samples, args.seconds, 1, 64)
     print(f"(c) real server, batching off, 64 clients x 1 sample: {res['c_batching_off']}", flush=True)
-    batch_s = res["served_batch"] / rates[res["served_batch"]]  # the server tunes over the same sizes as (a)
+    served = res["served_batch"]
+    batch_s = served / (rates[served] if served in rates else ceiling(bundle, served)[served])
     return res, serving_section(args, res, batch_s)
 
 
