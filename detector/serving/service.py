@@ -130,9 +130,9 @@ class ScoringService:
         return self.scorer.check(to_channels_first(samples, layout, self.scorer.sample_shape))
 
     async def arrive(self, deadline: float | None = None, client: str = "") -> None:
-        """What a call must pass before its request is read: a ready model, the pushback its connection was given
-        held to (``client`` names the connection, serving/pushback.py), and room in the queue before its deadline
-        (a time.monotonic() value) for at least one sample. Refused here, a request's samples are never read."""
+        """What a call whose request is not yet read must pass (then ``score`` it with ``arrived``): a ready model,
+        the pushback its connection was given held to, and room in the queue before its deadline for at least one
+        sample. Refused here, a request's samples are never read."""
         self._refuse_unless_ready()
         try:
             await self.pushback.hold(client, deadline)
@@ -142,11 +142,13 @@ class ScoringService:
             raise
 
     async def score(self, samples: np.ndarray, n_ids: int = 0, deadline: float | None = None,
-                    diagnostics=(), layout: str = "NCHW", maps: bool = False,
-                    client: str = "") -> tuple[str, ScoreResult]:
-        """Score one request's samples, given in ``layout`` (detector/data/layout.py), after ``arrive``;
-        ``diagnostics`` names costlier scores to add; ``maps``: per-pixel anomaly maps too. Requests share a batch
-        only with requests of the same model, diagnostics and maps."""
+                    diagnostics=(), layout: str = "NCHW", maps: bool = False, client: str = "",
+                    arrived: bool = False) -> tuple[str, ScoreResult]:
+        """Score one request's samples, given in ``layout`` (detector/data/layout.py); ``deadline`` is a
+        time.monotonic() value; ``diagnostics`` names costlier scores to add; ``maps``: per-pixel anomaly maps
+        too. Requests share a batch only with requests of the same model, diagnostics and maps. ``client`` names
+        the connection (serving/pushback.py): one that comes back before the pushback it was given waits for it,
+        unless the call already passed ``arrive`` (``arrived``)."""
         self._refuse_unless_ready()
         samples = self.check(samples, n_ids, layout)
         asked = check_diagnostics(diagnostics)
@@ -154,6 +156,8 @@ class ScoringService:
         if maps:
             scorer.check_maps()
         try:
+            if not arrived:
+                await self.pushback.hold(client, deadline)
             result: ScoreResult = await self.batcher.submit(samples, deadline, model=(scorer, asked, maps))
         except Overloaded as exc:
             self._told(client, exc)
@@ -206,8 +210,7 @@ def tuned_batch(scorer: Scorer, limit: int, share: float = TUNED_SHARE, rounds: 
     requests admitted to such batches missed 2 s deadlines. A GPU, whose samples/s grow with the batch, keeps large
     ones."""
     sizes = sorted({*(1 << i for i in range(limit.bit_length())), limit})
-    dtype = np.uint8 if scorer.input_dtype == "uint8" else np.float32
-    blank = np.zeros((limit, *scorer.sample_shape), dtype=dtype)
+    blank = blank_samples(scorer, limit)
     fastest = dict.fromkeys(sizes, math.inf)
     for n in sizes:  # first passes: start-up costs of each size
         scorer.score(blank[:n])
@@ -220,10 +223,14 @@ def tuned_batch(scorer: Scorer, limit: int, share: float = TUNED_SHARE, rounds: 
     return min(n for n in sizes if rates[n] >= share * best)
 
 
+def blank_samples(scorer: Scorer, n: int) -> np.ndarray:
+    """``n`` all-zero samples of the shape and dtype ``scorer`` takes."""
+    return np.zeros((n, *scorer.sample_shape), dtype=np.uint8 if scorer.input_dtype == "uint8" else np.float32)
+
+
 def smoke_test(scorer: Scorer, n: int) -> None:
     """A forward pass on blank samples (warm-up, and the check a reloaded bundle must pass)."""
-    blank = np.zeros((n, *scorer.sample_shape), dtype=np.uint8 if scorer.input_dtype == "uint8" else np.float32)
-    result = scorer.score(blank)
+    result = scorer.score(blank_samples(scorer, n))
     bad = [name for name, values in result.scores.items() if not np.isfinite(values).all()]
     if bad:
         raise BundleError(f"model gives non-finite {', '.join(sorted(bad))} on blank samples")

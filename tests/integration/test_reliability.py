@@ -3,6 +3,7 @@ cancelled clients, unparsable bytes, saturation, and swapping the model under tr
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import threading
 import time
@@ -180,12 +181,20 @@ def test_saturated_queue_refuses_by_expected_wait(scorer):
         assert time.monotonic() - started < 2.0
 
 
-def test_a_refusal_says_when_to_come_back_and_the_client_waits_that_long(scorer):
+@contextlib.contextmanager
+def busy_server(scorer):
+    """A server batching 4 samples at a time, each batch 0.2 s slower than the model, with a 0.3 s wait budget and
+    0.8 s of work queued (the futures of that work come with it): the next request on a new connection is refused."""
     with ServerThread(scorer, max_batch_samples=4, tune_batch=False, max_delay_ms=0, max_queue_wait_ms=300) as s:
         slowed(s, 0.2)
-        stub(s.target).Score(request(4), timeout=10)  # teaches the batcher its speed
-        busy = queued_work(s.target)  # 0.8 s of work
+        own_connection(s.target).Score(request(4), timeout=10)  # teaches the batcher its speed
+        busy = queued_work(s.target)
         time.sleep(0.05)
+        yield s, busy
+
+
+def test_a_refusal_says_when_to_come_back_and_the_client_waits_that_long(scorer):
+    with busy_server(scorer) as (s, busy):
         with pytest.raises(grpc.RpcError) as err:
             own_connection(s.target).Score(request(4), timeout=20)
         assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
@@ -203,12 +212,8 @@ def test_a_refusal_says_when_to_come_back_and_the_client_waits_that_long(scorer)
 
 
 def test_a_client_that_resends_before_its_pushback_is_held_until_then_and_others_are_not(scorer):
-    with ServerThread(scorer, max_batch_samples=4, tune_batch=False, max_delay_ms=0, max_queue_wait_ms=300) as s:
-        slowed(s, 0.2)
-        busy_client, eager, polite = (own_connection(s.target) for _ in range(3))
-        busy_client.Score(request(4), timeout=10)  # teaches the batcher its speed
-        busy = queued_work(s.target)  # 0.8 s of work
-        time.sleep(0.05)
+    with busy_server(scorer) as (s, busy):
+        eager, polite = own_connection(s.target), own_connection(s.target)
         with pytest.raises(grpc.RpcError) as err:
             eager.Score(request(4), timeout=20)
         assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
@@ -227,11 +232,7 @@ def test_a_client_that_resends_before_its_pushback_is_held_until_then_and_others
 
 def test_a_call_the_queue_cannot_take_is_refused_before_its_samples_are_read(scorer):
     """Admission runs when the call arrives: a client whose request never comes is still answered at once."""
-    with ServerThread(scorer, max_batch_samples=4, tune_batch=False, max_delay_ms=0, max_queue_wait_ms=300) as s:
-        slowed(s, 0.2)
-        stub(s.target).Score(request(4), timeout=10)  # teaches the batcher its speed
-        busy = queued_work(s.target)  # 0.8 s of work
-        time.sleep(0.05)
+    with busy_server(scorer) as (s, busy):
         assert code_of(lambda: own_connection(s.target).Score(request(4), timeout=20)) == \
             grpc.StatusCode.RESOURCE_EXHAUSTED  # the server is refusing calls now: it admits before reading
         never, started = threading.Event(), time.monotonic()

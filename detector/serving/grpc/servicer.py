@@ -118,22 +118,18 @@ class DetectorServicer(pb_grpc.DetectorServicer):
     def __init__(self, service: ScoringService):
         self.service = service
 
-    async def _score_one(self, request: pb.ScoreRequest, deadline: float | None, client: str) -> pb.ScoreResponse:
+    async def _score_one(self, request: pb.ScoreRequest, deadline: float | None, client: str,
+                         arrived: bool = False) -> pb.ScoreResponse:
         request = parsed(request)
         samples = tensor_to_array(request.samples)
         version, result = await self.service.score(samples, len(request.sample_ids), deadline, request.diagnostics,
                                                    tensor_layout(request.samples), maps=request.return_anomaly_maps,
-                                                   client=client)
+                                                   client=client, arrived=arrived)
         return result_to_response(request.request_id, version, result, request.sample_ids)
-
-    async def _arrive_and_score(self, request: pb.ScoreRequest, context) -> pb.ScoreResponse:
-        deadline, client = _caller(context)
-        await self.service.arrive(deadline, client)
-        return await self._score_one(request, deadline, client)
 
     @_observed("Score")
     async def Score(self, request, context):
-        return await self._arrive_and_score(request, context)
+        return await self._score_one(request, *_caller(context))
 
     @_observed("Score")
     async def ScoreBeforeReading(self, request_iterator, context):
@@ -141,7 +137,7 @@ class DetectorServicer(pb_grpc.DetectorServicer):
         transfer of its samples. Served while the server is refusing calls (add_detector_service)."""
         deadline, client = _caller(context)
         await self.service.arrive(deadline, client)
-        return await self._score_one(await _only_message(request_iterator), deadline, client)
+        return await self._score_one(await _only_message(request_iterator), deadline, client, arrived=True)
 
     @_observed("ScoreStream", streaming=True)
     async def ScoreStream(self, request_iterator, context):
@@ -160,7 +156,7 @@ class DetectorServicer(pb_grpc.DetectorServicer):
                         await pending.put(asyncio.ensure_future(_raise(Overloaded(
                             f"stream reached its limit of {limit} requests; open a new stream"))))
                         break
-                    await pending.put(asyncio.ensure_future(self._arrive_and_score(request, context)))
+                    await pending.put(asyncio.ensure_future(self._score_one(request, *_caller(context))))
             finally:
                 await pending.put(done)
 
