@@ -183,24 +183,41 @@ def test_saturated_queue_refuses_by_expected_wait(scorer):
 
 @contextlib.contextmanager
 def busy_server(scorer):
-    """A server batching 4 samples at a time, each batch 0.2 s slower than the model, with a 0.3 s wait budget and
-    0.8 s of work queued (the futures of that work come with it): the next request on a new connection is refused."""
+    """A server batching 4 samples at a time with a 0.3 s wait budget, that has learned a batch takes 0.2 s, with
+    its device stuck on one request and a second one waiting: every further request is refused (0.4 s of scoring
+    ahead of it) until the test calls ``release`` (or ends). Yields the server, the futures of the queued work and
+    ``release``. The state is certain, not timed: a sleep raced the queue's draining on CI."""
+    gate = threading.Event()
     with ServerThread(scorer, max_batch_samples=4, tune_batch=False, max_delay_ms=0, max_queue_wait_ms=300) as s:
         slowed(s, 0.2)
         own_connection(s.target).Score(request(4), timeout=10)  # teaches the batcher its speed
-        busy = queued_work(s.target)
-        time.sleep(0.05)
-        yield s, busy
+
+        def stuck(model, batch):
+            gate.wait(30)
+            time.sleep(0.2)
+            return score_batch(model, batch)
+
+        s.running.service.batcher._score_batch = stuck
+        try:
+            busy = queued_work(s.target)
+            settled = time.monotonic() + 10
+            while not any(f.done() for f in busy) and time.monotonic() < settled:
+                time.sleep(0.002)  # a refusal means one request is on the device and another waits behind it
+            assert [f.code() for f in busy if f.done()][:1] == [grpc.StatusCode.RESOURCE_EXHAUSTED]
+            yield s, busy, gate.set
+        finally:
+            gate.set()
 
 
 def test_a_refusal_says_when_to_come_back_and_the_client_waits_that_long(scorer):
-    with busy_server(scorer) as (s, busy):
+    with busy_server(scorer) as (s, busy, release):
         with pytest.raises(grpc.RpcError) as err:
             own_connection(s.target).Score(request(4), timeout=20)
         assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         pushback = dict(err.value.trailing_metadata())["grpc-retry-pushback-ms"]
         assert 1 <= int(pushback) <= 3000 and "retry in about" in err.value.details()
 
+        release()
         refused = s.metric("detector_requests_total", method="Score", code="RESOURCE_EXHAUSTED")
         more = own_connection(s.target)
         busy += [more.Score.future(request(4), timeout=20) for _ in range(3)]
@@ -212,7 +229,7 @@ def test_a_refusal_says_when_to_come_back_and_the_client_waits_that_long(scorer)
 
 
 def test_a_client_that_resends_before_its_pushback_is_held_until_then_and_others_are_not(scorer):
-    with busy_server(scorer) as (s, busy):
+    with busy_server(scorer) as (s, busy, release):
         eager, polite = own_connection(s.target), own_connection(s.target)
         with pytest.raises(grpc.RpcError) as err:
             eager.Score(request(4), timeout=20)
@@ -227,12 +244,13 @@ def test_a_client_that_resends_before_its_pushback_is_held_until_then_and_others
         assert time.monotonic() - started >= told - 0.06  # its pushback had passed (less what passed before)
         assert code_of(other.result) in (grpc.StatusCode.OK, grpc.StatusCode.RESOURCE_EXHAUSTED)
         assert s.metric("detector_requests_held_total") == 1  # the resent request; the other client's was not held
+        release()
         assert all(code_of(f.result) in (grpc.StatusCode.OK, grpc.StatusCode.RESOURCE_EXHAUSTED) for f in busy)
 
 
 def test_a_call_the_queue_cannot_take_is_refused_before_its_samples_are_read(scorer):
     """Admission runs when the call arrives: a client whose request never comes is still answered at once."""
-    with busy_server(scorer) as (s, busy):
+    with busy_server(scorer) as (s, busy, release):
         assert code_of(lambda: own_connection(s.target).Score(request(4), timeout=20)) == \
             grpc.StatusCode.RESOURCE_EXHAUSTED  # the server is refusing calls now: it admits before reading
         never, started = threading.Event(), time.monotonic()
@@ -249,6 +267,10 @@ def test_a_call_the_queue_cannot_take_is_refused_before_its_samples_are_read(sco
             never.set()
         assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "retry in about" in err.value.details()
         assert time.monotonic() - started < 2.0  # not after waiting for the request
+        wrong_shape = score_request(bars(2, size=8), request_id="bad")
+        replies = own_connection(s.target).ScoreStream(iter([wrong_shape]), timeout=10)
+        assert code_of(lambda: list(replies)) == grpc.StatusCode.INVALID_ARGUMENT  # checked before admission
+        release()
         assert all(code_of(f.result) in (grpc.StatusCode.OK, grpc.StatusCode.RESOURCE_EXHAUSTED) for f in busy)
 
 
