@@ -12,7 +12,12 @@ import sys
 from tqdm.auto import tqdm
 
 LOG_INTERVAL_S = 30.0
-LOG_FORMAT = "{desc}: {n_fmt}/{total_fmt} {unit}s, {elapsed} elapsed, {remaining} left{postfix}\n"
+LOG_FORMAT = "{{desc}}: {{n_fmt}}/{{total_fmt}} {units}, {{elapsed}} elapsed, {{remaining}} left{{postfix}}\n"
+
+
+def plural(unit: str) -> str:
+    """"batch" -> "batches", "sample" -> "samples"."""
+    return unit + ("es" if unit.endswith(("s", "x", "ch", "sh")) else "s")
 
 
 def progress(total: int, desc: str, unit: str = "sample", enabled: bool = True, leave: bool = False) -> tqdm:
@@ -20,4 +25,4 @@ def progress(total: int, desc: str, unit: str = "sample", enabled: bool = True, 
     if not enabled or sys.stderr.isatty():
         return tqdm(total=total, desc=desc, unit=unit, disable=not enabled, leave=leave)
     return tqdm(total=total, desc=desc, unit=unit, mininterval=LOG_INTERVAL_S, maxinterval=LOG_INTERVAL_S * 4,
-                bar_format=LOG_FORMAT, leave=True)
+                bar_format=LOG_FORMAT.format(units=plural(unit)), leave=True)
