@@ -53,9 +53,11 @@ def own_connection(target):
     return pb_grpc.DetectorStub(grpc.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)]))
 
 
-def slowed(s, seconds: float) -> None:
-    """Every batch the server ``s`` scores takes ``seconds`` longer."""
+def slowed(s, seconds: float, gate: threading.Event | None = None) -> None:
+    """Every batch the server ``s`` scores takes ``seconds`` longer (after waiting for ``gate``, when given)."""
     def slow(model, batch):
+        if gate is not None:
+            gate.wait(30)
         time.sleep(seconds)
         return score_batch(model, batch)
 
@@ -191,13 +193,7 @@ def busy_server(scorer):
     with ServerThread(scorer, max_batch_samples=4, tune_batch=False, max_delay_ms=0, max_queue_wait_ms=300) as s:
         slowed(s, 0.2)
         own_connection(s.target).Score(request(4), timeout=10)  # teaches the batcher its speed
-
-        def stuck(model, batch):
-            gate.wait(30)
-            time.sleep(0.2)
-            return score_batch(model, batch)
-
-        s.running.service.batcher._score_batch = stuck
+        slowed(s, 0.2, gate)
         try:
             busy = queued_work(s.target)
             settled = time.monotonic() + 10
