@@ -40,6 +40,14 @@ PYTHON="${PYTHON:-python3}"
 stamp=".venv/.vae-detector-installed"
 want="$(sha256sum pyproject.toml | cut -d' ' -f1)$EXTRAS"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ] || ! .venv/bin/python -c 'import detector, torch' 2>/dev/null; then
+    # torch's CUDA build takes 5.6 GB in .venv: say so up front rather than fail half-way with pip's OSError.
+    need_gb=7
+    free_gb=$(( $(df -Pk . | awk 'NR==2 {print $4}') / 1024 / 1024 ))
+    if [ "$free_gb" -lt "$need_gb" ]; then
+        echo "setup: $free_gb GB free on the disk holding $(pwd); installing the Python packages needs about" \
+             "$need_gb GB (torch's CUDA build is 5.6 GB). Free some space and run this again." >&2
+        exit 1
+    fi
     echo "setup: installing Python packages into .venv (torch 2.14.1 from the local wheel cache; a few minutes)"
     .venv/bin/python -m pip install -q --upgrade pip
     if [ -n "${TORCH_INDEX_URL:-}" ]; then  # e.g. https://download.pytorch.org/whl/cpu: the CPU-only build
