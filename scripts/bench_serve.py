@@ -160,6 +160,7 @@ def measure(args, bundle, samples) -> tuple[dict, list[str]]:
         res["c_batching_off"] = load(s.target, samples, args.seconds, 1, 64)
     print(f"(c) real server, batching off, 64 clients x 1 sample: {res['c_batching_off']}", flush=True)
     batch_s = res["served_batch"] / rates[res["served_batch"]]  # the server tunes over the same sizes as (a)
+    res["a_batch1_samples_per_s"] = rates[1]
     return res, serving_section(args, res, batch_s)
 
 
@@ -177,7 +178,14 @@ def serving_section(args, res: dict, batch_s: float) -> list[str]:
     }
     res["checks"] = checks
     res["p99_bound_ms"] = bound_ms
-    for k, v in checks.items():
+    # What the machine itself allows where the clients, the transport and the model share the same cores: the
+    # transport's and the model's CPU time add up, and batching off still pays the transport per sample.
+    limits = {
+        "(c on) / min((a), (b)) if the transport's and the model's CPU time add up": 1 / (1 / a + 1 / b) / min(a, b),
+        "(c on) / (c off) at most (a) / (a at batch 1), the model's own batching gain":
+            a / res["a_batch1_samples_per_s"]}
+    res["limits"] = limits
+    for k, v in {**checks, **limits}.items():
         print(f"{k}: {v:.3f}")
     rows = [("(b) transport ceiling, no-op scorer, 64 x 1", res["b_transport"]),
             ("(c) batching on, 64 clients x 1", res["c_batching_on"]),
@@ -192,7 +200,9 @@ def serving_section(args, res: dict, batch_s: float) -> list[str]:
              "| run | samples/s | p50 ms | p95 ms | p99 ms | errors | lost/swapped |", "|---|---|---|---|---|---|---|"]
     lines += [f"| {name} | {r['samples_per_s']:.0f} | {r['p50_ms']:.1f} | {r['p95_ms']:.1f} | {r['p99_ms']:.1f} | "
               f"{r['errors']} | {r['bad']} |" for name, r in rows]
-    return lines + ["", "| check | value |", "|---|---|"] + [f"| {k} | {v:.3f} |" for k, v in checks.items()]
+    return lines + ["", "| check | value |", "|---|---|"] + [f"| {k} | {v:.3f} |" for k, v in checks.items()] + [
+        "", "What this machine allows (same run):", "", "| limit | value |", "|---|---|"] + [
+        f"| {k} | {v:.3f} |" for k, v in limits.items()]
 
 
 OVERLOAD_NOTE = (
