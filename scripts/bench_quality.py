@@ -5,9 +5,11 @@ Writes docs/benchmarks/quality.{md,json}.
     .venv/bin/python scripts/bench_quality.py --work runs/quality          # everything (about 2 hours on 2 cores)
     .venv/bin/python scripts/bench_quality.py --work runs/quality --skip-one-class   # the suites (about 15 minutes)
     .venv/bin/python scripts/bench_quality.py --work runs/quality --seeds 0 --classes 0,6
+    .venv/bin/python scripts/bench_quality.py --work runs/q-beta05 --config beta05.toml --skip-far --seeds 0 \
+        --classes 2,4,6 --out /tmp/q-beta05     # a training setting tried on the hard classes, docs left alone
 
-Bundles are trained into --work (default: a temporary folder) with default settings and reused from there by a
-later run; every run re-derives all they hold beside the weights (latent statistics, novelty score, thresholds)
+Bundles are trained into --work (default: a temporary folder) with default settings (or those of --config) and
+reused from there by a later run; every run re-derives all they hold beside the weights (latent statistics, novelty score, thresholds)
 with the current code on their own splits, so a scoring change is measured without retraining.
 
 (1) far-OOD at 1x28x28: a Fashion-MNIST model (`detector train --data fashion-mnist:train`, wall time reported)
@@ -36,7 +38,7 @@ import numpy as np
 
 from detector.bench.results import stamp
 from detector.calibrate import calibrate_bundle
-from detector.config import DebiasConfig, ModelConfig, Settings
+from detector.config import DebiasConfig, ModelConfig, load_settings
 from detector.data import load_spec, ood_suite
 from detector.data.batches import load_tensor
 from detector.data.builtin import FASHION_MNIST_CLASSES
@@ -74,12 +76,13 @@ def recalibrate(path: Path, samples) -> Scorer:
     return Scorer(bundle)
 
 
-def trained(path: Path, samples, seed: int, epochs: int = 0) -> float | None:
-    """Train a default-settings bundle at ``path`` unless one is there; the seconds it took, or None if reused."""
+def trained(path: Path, samples, seed: int, config: Path | None, epochs: int = 0) -> float | None:
+    """Train a bundle at ``path`` unless one is there, with the settings of ``config`` (None: the defaults) but
+    ``seed`` and ``epochs``; the seconds it took, or None if reused."""
     if (path / "manifest.json").exists():
         return None
     t0 = time.perf_counter()
-    settings = Settings()
+    settings = load_settings(config)
     settings.train.seed, settings.train.epochs = seed, epochs
     train_bundle(samples, settings, path, progress=False)
     return time.perf_counter() - t0
@@ -135,13 +138,14 @@ def sklearn_digits(n: int, shape) -> np.ndarray:
     return out
 
 
-def far_gray(work: Path, seed: int) -> dict:
+def far_gray(work: Path, seed: int, config: Path | None) -> dict:
     path = work / f"fmnist_seed{seed}"
     train_seconds = None
     if not (path / "manifest.json").exists():
         t0 = time.perf_counter()
         subprocess.run([sys.executable, "-m", "detector", "--quiet", "train", "--data", "fashion-mnist:train",
-                        "--out", str(path), "--seed", str(seed)], check=True)
+                        "--out", str(path), "--seed", str(seed), *(["--config", str(config)] if config else [])],
+                       check=True)
         train_seconds = time.perf_counter() - t0
         print(f"detector train --data fashion-mnist:train (defaults): {train_seconds:.0f} s", flush=True)
     scorer = recalibrate(path, load_spec("fashion-mnist:train"))
@@ -152,13 +156,13 @@ def far_gray(work: Path, seed: int) -> dict:
             "calibration_flagged": {k: float(v.mean()) for k, v in normal.novel.items()}}
 
 
-def far_rgb(work: Path, seed: int) -> dict:
+def far_rgb(work: Path, seed: int, config: Path | None) -> dict:
     data = work / "coloured_objects_train.npz"
     if not data.exists():
         np.savez(data, x=ood_suite.coloured_objects(7500, RGB_SHAPE, seed=0))
     path = work / f"rgb_seed{seed}"
     samples = load_spec(str(data))
-    seconds = trained(path, samples, seed, epochs=4)
+    seconds = trained(path, samples, seed, config, epochs=4)
     scorer = recalibrate(path, samples)
     normal = scorer.score(ood_suite.coloured_objects(1000, RGB_SHAPE, seed=100), DIAGNOSTICS)
     print("far-OOD at 3x64x64 (coloured-object model, 4 epochs):", flush=True)
@@ -168,7 +172,7 @@ def far_rgb(work: Path, seed: int) -> dict:
             "transform_head_used": any(f.component.score == "transform_nll" for f in scorer.fusion.fits)}
 
 
-def one_class(work: Path, classes: list[int], seeds: list[int]) -> dict:
+def one_class(work: Path, classes: list[int], seeds: list[int], config: Path | None) -> dict:
     test = load_spec("fashion-mnist:test")
     labels = test.labels
     rows = {}
@@ -176,7 +180,7 @@ def one_class(work: Path, classes: list[int], seeds: list[int]) -> dict:
         for c in classes:
             samples = load_spec(f"fashion-mnist:train:classes={c}")
             path = work / f"class{c}_seed{seed}"
-            seconds = trained(path, samples, seed)
+            seconds = trained(path, samples, seed, config)
             scorer = recalibrate(path, samples)
             result = scorer.score_samples(test, progress=False)  # diagnostics on the far-OOD sets only: time
             normal = labels == c
@@ -210,9 +214,16 @@ def _suite_lines(title: str, part: dict) -> list[str]:
     return lines + [""]
 
 
+def _settings_line(config: str | None) -> str:
+    if not config:
+        return "Default settings throughout"
+    return f"Bundles trained with these settings in place of the defaults: `{' '.join(config.split())}`"
+
+
 def write_report(result: dict, path: Path) -> None:
     lines = ["# Detection quality", "", f"Measured by `{result['command']}` on {result['machine']}, "
-             f"{result['date']}. Default settings throughout; every bundle recalibrated with the code of that run.", ""]
+             f"{result['date']}. {_settings_line(result.get('config'))}; every bundle recalibrated with the code of "
+             "that run.", ""]
     if "far_gray" in result:
         fg = result["far_gray"]
         if fg["train_seconds"]:
@@ -250,19 +261,23 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="training seed of the far-OOD models")
     parser.add_argument("--skip-one-class", action="store_true")
     parser.add_argument("--skip-far", action="store_true")
+    parser.add_argument("--config", type=Path,
+                        help="settings (.toml, as `detector train --config`) for the bundles this run trains, in place "
+                             "of the defaults; give it a --work of its own, as bundles already there are reused")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks")
     args = parser.parse_args()
 
-    result = stamp({"command": "scripts/bench_quality.py " + " ".join(sys.argv[1:])})
+    result = stamp({"command": "scripts/bench_quality.py " + " ".join(sys.argv[1:]),
+                    "config": args.config.read_text() if args.config else None})
     with tempfile.TemporaryDirectory() as tmp:
         work = args.work or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
         if not args.skip_far:
-            result["far_gray"] = far_gray(work, args.seed)
-            result["far_rgb"] = far_rgb(work, args.seed)
+            result["far_gray"] = far_gray(work, args.seed, args.config)
+            result["far_rgb"] = far_rgb(work, args.seed, args.config)
         if not args.skip_one_class:
             result["one_class"] = one_class(work, [int(c) for c in args.classes.split(",")],
-                                            [int(s) for s in args.seeds.split(",")])
+                                            [int(s) for s in args.seeds.split(",")], args.config)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "quality.json").write_text(json.dumps(result, indent=2))
     write_report(result, args.out / "quality.md")
