@@ -53,9 +53,12 @@ def own_connection(target):
     return pb_grpc.DetectorStub(grpc.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)]))
 
 
-def slowed(s, seconds: float, gate: threading.Event | None = None) -> None:
-    """Every batch the server ``s`` scores takes ``seconds`` longer (after waiting for ``gate``, when given)."""
+def slowed(s, seconds: float, gate: threading.Event | None = None, entered: threading.Event | None = None) -> None:
+    """Every batch the server ``s`` scores takes ``seconds`` longer (after waiting for ``gate``, when given);
+    ``entered`` is set as each batch reaches the device."""
     def slow(model, batch):
+        if entered is not None:
+            entered.set()
         if gate is not None:
             gate.wait(30)
         time.sleep(seconds)
@@ -188,18 +191,25 @@ def busy_server(scorer):
     """A server batching 4 samples at a time with a 0.3 s wait budget, that has learned a batch takes 0.2 s, with
     its device stuck on one request and a second one waiting: every further request is refused (0.4 s of scoring
     ahead of it) until the test calls ``release`` (or ends). Yields the server, the futures of the queued work and
-    ``release``. The state is certain, not timed: a sleep raced the queue's draining on CI."""
-    gate = threading.Event()
+    ``release``. The state is built one step at a time, each awaited, never timed: a sleep raced the queue's
+    draining on CI, and four requests sent at once could all arrive before the first reached the device (then the
+    three others were refused, none waited, and the next request was admitted behind the stuck one)."""
+    gate, entered = threading.Event(), threading.Event()
     with ServerThread(scorer, max_batch_samples=4, tune_batch=False, max_delay_ms=0, max_queue_wait_ms=300) as s:
         slowed(s, 0.2)
         own_connection(s.target).Score(request(4), timeout=10)  # teaches the batcher its speed
-        slowed(s, 0.2, gate)
+        slowed(s, 0.2, gate, entered)
+        batcher = s.running.service.batcher
         try:
-            busy = queued_work(s.target)
+            busy = queued_work(s.target, 1)
+            assert entered.wait(10)  # on the device, stuck there
+            busy += queued_work(s.target, 1)
             settled = time.monotonic() + 10
-            while not any(f.done() for f in busy) and time.monotonic() < settled:
-                time.sleep(0.002)  # a refusal means one request is on the device and another waits behind it
-            assert [f.code() for f in busy if f.done()][:1] == [grpc.StatusCode.RESOURCE_EXHAUSTED]
+            while batcher.queue_depth + batcher._staged_samples < 4 and time.monotonic() < settled:
+                time.sleep(0.002)  # waiting behind it (queued, or staged for the next batch)
+            assert batcher.queue_depth + batcher._staged_samples == 4
+            busy += queued_work(s.target, 2)
+            assert code_of(busy[-1].result) == grpc.StatusCode.RESOURCE_EXHAUSTED
             yield s, busy, gate.set
         finally:
             gate.set()
