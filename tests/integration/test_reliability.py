@@ -160,6 +160,8 @@ def test_saturated_queue_refuses_by_expected_wait(scorer):
                       max_queue_wait_ms=300) as s:
         slowed(s, 0.2)
         stub(s.target).Score(request(4), timeout=10)  # teaches the batcher its speed
+        entered = threading.Event()
+        slowed(s, 0.2, entered=entered)
         codes, details, lock = [], [], threading.Lock()
 
         def one():
@@ -174,7 +176,9 @@ def test_saturated_queue_refuses_by_expected_wait(scorer):
 
         threads = [threading.Thread(target=one) for _ in range(12)]
         started = time.monotonic()
-        for t in threads:
+        threads[0].start()
+        assert entered.wait(10)  # the first on the device: the next waits behind it, the rest find a queue
+        for t in threads[1:]:
             t.start()
         for t in threads:
             t.join()
