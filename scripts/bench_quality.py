@@ -9,8 +9,8 @@ Writes docs/benchmarks/quality.{md,json}.
         --classes 2,4,6 --out /tmp/q-beta05     # a training setting tried on the hard classes, docs left alone
 
 Bundles are trained into --work (default: a temporary folder) with default settings (or those of --config) and
-reused from there by a later run; every run re-derives all they hold beside the weights (latent statistics, novelty score, thresholds)
-with the current code on their own splits, so a scoring change is measured without retraining.
+reused from there by a later run; every run re-derives all they hold beside the weights (latent statistics, novelty
+score, thresholds) with the current code on their own splits, so a scoring change is measured without retraining.
 
 (1) far-OOD at 1x28x28: a Fashion-MNIST model (`detector train --data fashion-mnist:train`, wall time reported)
     against every set of detector/data/ood_suite.py, and scikit-learn's upscaled digits (the first proxy);
@@ -147,7 +147,7 @@ def far_gray(work: Path, seed: int, config: Path | None) -> dict:
                         "--out", str(path), "--seed", str(seed), *(["--config", str(config)] if config else [])],
                        check=True)
         train_seconds = time.perf_counter() - t0
-        print(f"detector train --data fashion-mnist:train (defaults): {train_seconds:.0f} s", flush=True)
+        print(f"detector train --data fashion-mnist:train ({config or 'defaults'}): {train_seconds:.0f} s", flush=True)
     scorer = recalibrate(path, load_spec("fashion-mnist:train"))
     normal = scorer.score_samples(load_spec("fashion-mnist:test"), progress=False, diagnostics=DIAGNOSTICS)
     print("far-OOD at 1x28x28 (Fashion-MNIST model):", flush=True)
@@ -227,7 +227,8 @@ def write_report(result: dict, path: Path) -> None:
     if "far_gray" in result:
         fg = result["far_gray"]
         if fg["train_seconds"]:
-            lines += [f"`detector train --data fashion-mnist:train` with default settings took "
+            lines += [f"`detector train --data fashion-mnist:train` with "
+                      f"{'the settings above' if result.get('config') else 'default settings'} took "
                       f"{fg['train_seconds'] / 60:.1f} minutes.", ""]
         lines += _suite_lines("Far-OOD at 1x28x28: a Fashion-MNIST model", fg)
     if "far_rgb" in result:
