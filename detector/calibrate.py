@@ -76,6 +76,7 @@ def calibrate_bundle(bundle: Bundle, val: SampleSet, cal: SampleSet, target_fpr:
         warnings.simplefilter("always", CalibrationWarning)
         cals = {name: calibrate_score(name, raw_cal[name], target_fpr) for name in calibrated_scores(scorer.kind)}
     meta, arrays = calibration_to_bundle(cals)
+    arrays.update(fusion.to_arrays())
     if scorer.kind == "image":  # the anomaly maps' standardisation, on the standardising split
         arrays.update(fit_map_scale(scorer, val, batch_size).to_arrays())
     bundle.calibration = {"fusion": fusion.to_json(), "scores": meta, "target_fpr": target_fpr, "primary": PRIMARY,

@@ -11,13 +11,13 @@ percentile of each lands at 2.33):
   seen the like of reconstructs badly, encodes away from the training latents and uncertainly, and its
   orientation cannot be told. Values below the normal median count as 0 (``rectify``), never as
   evidence of normality: simple inputs reconstruct *better* than normal ones.
-- **typicality** (DoSE, Morningstar et al. 2021, with a Gaussian in place of their KDEs): the
-  Mahalanobis distance of the sample's summary statistics (ELBO in bits/dim, rate, posterior spread,
-  reconstruction error, latent k-NN distance, three measures of the input's own complexity from a
-  predictive code, its mean and spread) from those of normal data. Two-sided by construction, and
-  through the statistics' covariance it learns how the likelihood tracks the input's complexity on
-  normal data, so an input that is too likely for how complex it is stands out, as does one too
-  complex, too dark or too flat.
+- **typicality** (DoSE, Morningstar et al. 2021, with a k-NN density in place of their KDEs): how far
+  the sample's summary statistics (ELBO in bits/dim, rate, posterior spread, reconstruction error,
+  latent k-NN distance, three measures of the input's own complexity from a predictive code, its mean
+  and spread) lie from those of the nearest normal samples, in the Mahalanobis metric of normal data.
+  Two-sided by construction, and through the statistics' joint distribution it learns how the
+  likelihood tracks the input's complexity on normal data, so an input that is too likely for how
+  complex it is stands out, as does one too complex, too dark or too flat.
 
 Vectors keep the maximum of two one-sided components (nothing else was measured on vectors); bundles
 written before the typicality term combine their components as they were fitted (sum or maximum).
@@ -31,6 +31,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
+from detector.errors import BundleError
 from detector.model.device import on_device
 
 _Z99 = 2.3263  # standard-normal 99th percentile: per-side scales are set so q01/q99 land at +-1 sigma units of it
@@ -143,45 +144,89 @@ class ComponentFit:
         return cls(component, float(med), *_scale(med, lo, hi))
 
 
+TYPICALITY_K = 5  # neighbours the typicality distance averages over
+TYPICALITY_REFERENCE = 4096  # normal samples kept as the typicality test's reference, at most
+REFERENCE_ARRAY = "typicality_reference"  # its key among the bundle's calibration arrays
+
+
 @dataclass(frozen=True)
 class TypicalityTest:
-    """Mahalanobis distance of a sample's summary statistics from normal data's, standardised like a component
-    and counted only above the normal median."""
+    """How far a sample's summary statistics lie from normal data's, standardised like a component and counted
+    only above the normal median.
+
+    The distance is the mean Mahalanobis distance (the statistics' covariance on normal data) to the ``k``
+    nearest of up to 4,096 normal samples: a k-NN density, as DoSE's KDEs, rather than one Gaussian, because
+    normal data's statistics are often neither elliptical nor unimodal (natural-photo patches: smooth sky and
+    busy foliage; measured in the README's "Scores"). Bundles written before it (no ``reference``) keep the
+    Mahalanobis distance to the centre."""
     statistics: tuple[Statistic, ...]
     center: np.ndarray  # (d,) the normal median of each statistic
     precision: np.ndarray  # (d, d) inverse covariance about the center
     median: float  # of the normal distances
     upper_scale: float
+    reference: np.ndarray | None = None  # (n, d) normal statistics, whitened: (x - center) @ cholesky(precision)
+    k: int = TYPICALITY_K
     _on_device: dict = field(default_factory=dict, repr=False, compare=False)  # tensor copies (on_device)
 
-    def distance(self, raw: dict) -> torch.Tensor:
-        x = _statistics_matrix(raw, self.statistics)  # (B, d) float64
+    def _whitened(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, d) statistics in units where the Mahalanobis distance is the Euclidean one."""
         diff = x - on_device(self._on_device, "center", self.center, x.device)
-        precision = on_device(self._on_device, "precision", self.precision, x.device)
-        return ((diff @ precision) * diff).sum(dim=1).clamp_min(0.0).sqrt()  # (B,)
+        return diff @ on_device(self._on_device, "whitener", np.linalg.cholesky(self.precision), x.device)
+
+    def distance(self, raw: dict) -> torch.Tensor:
+        w = self._whitened(_statistics_matrix(raw, self.statistics))  # (B, d) float64
+        if self.reference is None:
+            return w.pow(2).sum(dim=1).sqrt()  # (B,)
+        ref = on_device(self._on_device, "reference", self.reference, w.device)
+        return _knn_mean(w, ref, self.k)
 
     def standardize(self, raw: dict) -> torch.Tensor:
         return ((self.distance(raw) - self.median) / self.upper_scale).clamp_min(0.0)
 
     @classmethod
-    def fit(cls, raw: dict, statistics: tuple[Statistic, ...]) -> "TypicalityTest":
+    def fit(cls, raw: dict, statistics: tuple[Statistic, ...], k: int = TYPICALITY_K) -> "TypicalityTest":
         x = _statistics_matrix(raw, statistics).numpy()
         center = np.median(x, axis=0)
         cov = np.cov((x - center).T).reshape(len(statistics), len(statistics))
         cov += 1e-6 * max(float(np.trace(cov)) / len(statistics), 1e-12) * np.eye(len(statistics))
-        fitted = cls(statistics, center, np.linalg.inv(cov), 0.0, 1.0)
-        lo, med, hi = np.quantile(fitted.distance(raw).numpy(), [0.01, 0.5, 0.99])
-        return cls(statistics, center, fitted.precision, float(med), _scale(med, lo, hi)[1])
+        gaussian = cls(statistics, center, np.linalg.inv(cov), 0.0, 1.0)
+        if len(x) > TYPICALITY_REFERENCE:  # an even spread over the set, the same on every run
+            x = x[np.linspace(0, len(x) - 1, TYPICALITY_REFERENCE).round().astype(int)]
+        ref = gaussian._whitened(torch.from_numpy(x))
+        k = max(1, min(k, len(ref) - 1))
+        # Each reference sample's distance to its k nearest others (its own zero left out), as a fresh sample's.
+        fitted = _knn_mean(ref, ref, k + 1, skip_nearest=True).numpy()
+        lo, med, hi = np.quantile(fitted, [0.01, 0.5, 0.99])
+        return cls(statistics, center, gaussian.precision, float(med), _scale(med, lo, hi)[1], ref.numpy(), k)
 
     def to_json(self) -> dict:
-        return {"statistics": [asdict(s) for s in self.statistics], "center": self.center.tolist(),
-                "precision": self.precision.tolist(), "median": self.median, "upper_scale": self.upper_scale}
+        out = {"statistics": [asdict(s) for s in self.statistics], "center": self.center.tolist(),
+               "precision": self.precision.tolist(), "median": self.median, "upper_scale": self.upper_scale}
+        return out if self.reference is None else {**out, "k": self.k, "reference": REFERENCE_ARRAY}
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        return {} if self.reference is None else {REFERENCE_ARRAY: self.reference}
 
     @classmethod
-    def from_json(cls, data: dict) -> "TypicalityTest":
+    def from_json(cls, data: dict, arrays: dict[str, np.ndarray]) -> "TypicalityTest":
         stats = tuple(Statistic(s["score"], s.get("log_offset")) for s in data["statistics"])
+        reference = None
+        if "reference" in data:
+            if data["reference"] not in arrays:
+                raise BundleError(f"the bundle's calibration names a typicality reference "
+                                 f"({data['reference']!r}) its arrays do not hold; recalibrate it with "
+                                 "`detector calibrate`")
+            reference = np.asarray(arrays[data["reference"]], np.float64)
         return cls(stats, np.asarray(data["center"], np.float64), np.asarray(data["precision"], np.float64),
-                   float(data["median"]), float(data["upper_scale"]))
+                   float(data["median"]), float(data["upper_scale"]), reference, int(data.get("k", TYPICALITY_K)))
+
+
+def _knn_mean(x: torch.Tensor, reference: torch.Tensor, k: int, skip_nearest: bool = False) -> torch.Tensor:
+    """Mean Euclidean distance of each row of ``x`` (B, d) to its ``k`` nearest rows of ``reference`` (n, d), (B,);
+    ``skip_nearest``: leave the nearest out (``x`` is the reference itself). Batched, on the tensors' device."""
+    d = torch.cdist(x, reference, compute_mode="donot_use_mm_for_euclid_dist")  # exact: near points stay apart
+    nearest = d.topk(min(k, reference.shape[0]), dim=1, largest=False).values  # (B, k), ascending
+    return (nearest[:, 1:] if skip_nearest else nearest).mean(dim=1)
 
 
 class NoveltyFusion:
@@ -229,12 +274,17 @@ class NoveltyFusion:
             out["typicality"] = self.typicality.to_json()
         return out
 
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """What the bundle keeps beside ``to_json`` in its calibration arrays (the typicality reference)."""
+        return self.typicality.to_arrays() if self.typicality is not None else {}
+
     @classmethod
-    def from_json(cls, data: dict | list[dict]) -> "NoveltyFusion":
-        """Reads every layout: with a typicality test; {"combine", "components"}; and the bare component list of
-        bundles written before "combine" existed (which took the maximum)."""
+    def from_json(cls, data: dict | list[dict], arrays: dict[str, np.ndarray] | None = None) -> "NoveltyFusion":
+        """Reads every layout: with a k-NN or a Gaussian typicality test; {"combine", "components"}; and the bare
+        component list of bundles written before "combine" existed (which took the maximum). ``arrays``: the
+        bundle's calibration arrays, which hold a k-NN test's reference."""
         items, combine = (data, "max") if isinstance(data, list) else (data["components"], data["combine"])
         fits = [ComponentFit(Component(i["score"], bool(i["two_sided"]), bool(i["log"]), bool(i.get("rectify", False))),
                              float(i["median"]), float(i["lower_scale"]), float(i["upper_scale"])) for i in items]
         typicality = data.get("typicality") if isinstance(data, dict) else None
-        return cls(fits, combine, TypicalityTest.from_json(typicality) if typicality else None)
+        return cls(fits, combine, TypicalityTest.from_json(typicality, arrays or {}) if typicality else None)

@@ -182,7 +182,7 @@ class Scorer:
                                                             int(score_cfg.get("knn_k", LEGACY_KNN_K)))
         self.latent_density = LatentDensity.from_arrays(dens)
         cal = bundle.calibration
-        self.fusion = NoveltyFusion.from_json(cal["fusion"]) if cal.get("fusion") else None
+        self.fusion = NoveltyFusion.from_json(cal["fusion"], bundle.calibration_arrays) if cal.get("fusion") else None
         if self.fusion is not None and "transform_nll" not in self.fusion.needs:
             # A head left out of the novelty score (images without an orientation) costs nothing at scoring time.
             self.transform_views = 0

@@ -2,7 +2,9 @@ import numpy as np
 import pytest
 import torch
 
-from detector.scoring.novelty import Component, NoveltyFusion, Statistic, default_fusion
+from detector.errors import BundleError
+from detector.scoring.novelty import (REFERENCE_ARRAY, TYPICALITY_REFERENCE, Component, NoveltyFusion, Statistic,
+                                      TypicalityTest, default_fusion)
 
 
 def normal_raw(rng, n=2000):
@@ -74,9 +76,45 @@ def test_typicality_flags_a_likelihood_too_high_for_the_input_complexity_and_sta
     odd = {"neg_elbo_bpd": np.array([1.6, 3.2]), "code_length": np.array([3.0, 3.0]),
            "recon_error": np.exp(np.array([-4.0, -4.0]))}
     assert (fusion.apply(odd) > 5).all()
-    again = NoveltyFusion.from_json(fusion.to_json())
+    again = NoveltyFusion.from_json(fusion.to_json(), fusion.to_arrays())
     np.testing.assert_allclose(again.apply(odd), fusion.apply(odd), rtol=1e-6)
     assert again.needs == {"neg_elbo_bpd", "code_length", "recon_error"}
+    with pytest.raises(BundleError, match="typicality reference .* `detector calibrate`"):
+        NoveltyFusion.from_json(fusion.to_json(), {})
+
+
+def two_kinds_raw(rng, n=3000):
+    """Normal data of two kinds (flat and busy frames, say): their statistics form two clusters."""
+    busy = rng.random(n) < 0.5
+    complexity = np.where(busy, 4.0, 1.0) + rng.normal(0, 0.1, n)
+    return {"neg_elbo_bpd": complexity + rng.normal(0, 0.05, n), "code_length": complexity,
+            "recon_error": np.exp(rng.normal(-4, 0.3, n))}
+
+
+def test_typicality_flags_a_sample_between_two_kinds_of_normal_data():
+    rng = np.random.default_rng(6)
+    fusion = NoveltyFusion.fit(two_kinds_raw(rng), (), "sum", STATISTICS)
+    fresh = fusion.apply(two_kinds_raw(rng, 20000))
+    assert abs(np.quantile(fresh, 0.99) - 2.3263) < 0.3
+    # Halfway between the kinds is where one Gaussian fitted to both is densest, and where no normal sample is.
+    between = {"neg_elbo_bpd": np.array([2.5]), "code_length": np.array([2.5]), "recon_error": np.exp(np.array([-4.0]))}
+    assert fusion.apply(between)[0] > np.quantile(fresh, 0.995)
+    t = fusion.typicality
+    gaussian = TypicalityTest(t.statistics, t.center, t.precision, 0.0, 1.0)  # as bundles before the k-NN test
+    assert float(gaussian.distance(between)[0]) < float(np.median(gaussian.distance(two_kinds_raw(rng))))
+    legacy = fusion.to_json()
+    legacy["typicality"] = {k: v for k, v in legacy["typicality"].items() if k not in ("k", "reference")}
+    assert NoveltyFusion.from_json(legacy).typicality.reference is None  # such a bundle needs no arrays
+
+
+def test_typicality_keeps_at_most_its_reference_size_and_any_split_scores_the_same():
+    rng = np.random.default_rng(7)
+    fusion = NoveltyFusion.fit(two_kinds_raw(rng, 6000), (), "sum", STATISTICS)
+    assert fusion.to_arrays()[REFERENCE_ARRAY].shape == (TYPICALITY_REFERENCE, len(STATISTICS))
+    sample = two_kinds_raw(rng, 300)
+    whole = fusion.apply(sample)
+    parts = [fusion.apply({k: v[i:i + 7] for k, v in sample.items()}) for i in range(0, 300, 7)]
+    np.testing.assert_allclose(np.concatenate(parts), whole, rtol=1e-12)
 
 
 def test_apply_runs_on_tensors_and_matches_numpy():
