@@ -38,7 +38,10 @@ def recalibrate(path: Path, spec: str, target_fpr: float, device: str = "auto",
                         f"{bundle.config['data']['sample_shape']}")
     if len(samples) < MIN_CALIBRATION:
         raise DataError(f"{spec}: {len(samples)} samples; calibration needs at least {MIN_CALIBRATION}")
-    original = bundle.calibration.get("calibration_split")
+    # The training split as recorded at training (or, in a bundle whose calibration was since refitted on other data
+    # or by a script, the training settings it was made from): the model's own data is never calibrated on
+    # samples it was fitted on.
+    original = bundle.calibration.get("calibration_split") or _training_split(bundle.config.get("train", {}))
     if original and fingerprint(samples) == bundle.config["data"].get("fingerprint"):
         parts = split_as(samples, original)
         standardise, calibrate = parts.val, parts.cal
@@ -53,6 +56,11 @@ def recalibrate(path: Path, spec: str, target_fpr: float, device: str = "auto",
     bundle.calibration["calibration_data"] = spec
     save_bundle(bundle, path)
     return bundle, caught
+
+
+def _training_split(train: dict) -> dict | None:
+    keys = ("seed", "val_fraction", "cal_fraction")
+    return {k: train[k] for k in keys} if all(k in train for k in keys) else None
 
 
 def calibrate_bundle(bundle: Bundle, val: SampleSet, cal: SampleSet, target_fpr: float, device: str,

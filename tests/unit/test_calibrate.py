@@ -46,3 +46,13 @@ def test_other_data_is_halved_between_standardising_and_thresholds(bundle, data_
     updated, _ = recalibrate(bundle, str(data_dir / "normal_test.npz"), 0.01, progress=False)
     assert "calibration_split" not in updated.calibration
     assert updated.calibration["n_standardise"] == updated.calibration["n_calibrate"] == 100
+
+
+def test_the_training_data_after_other_data_still_gets_its_held_out_splits(bundle, data_dir):
+    original = load_bundle(bundle)
+    recalibrate(bundle, str(data_dir / "normal_test.npz"), 0.01, progress=False)  # drops the recorded split
+    updated, _ = recalibrate(bundle, str(data_dir / "normal.npz"), 0.01, progress=False)
+    # The split is made again from the training settings, never halves of a set the model was fitted on.
+    assert updated.calibration["calibration_split"] == original.calibration["calibration_split"]
+    assert updated.calibration["n_calibrate"] == original.calibration["n_calibrate"]
+    assert updated.calibration["n_standardise"] == original.calibration["n_standardise"]
