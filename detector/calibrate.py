@@ -12,7 +12,7 @@ import numpy as np
 from detector.config import ScoreConfig
 from detector.data import load_spec
 from detector.data.sampleset import SampleSet
-from detector.data.splits import fingerprint, split_as
+from detector.data.splits import fingerprint, split_as, split_record
 from detector.errors import DataError
 from detector.model.bundle import Bundle, load_bundle, save_bundle
 from detector.model.vae import transform_chance_nats
@@ -41,7 +41,7 @@ def recalibrate(path: Path, spec: str, target_fpr: float, device: str = "auto",
     # The training split as recorded at training (or, in a bundle whose calibration was since refitted on other data
     # or by a script, the training settings it was made from): the model's own data is never calibrated on
     # samples it was fitted on.
-    original = bundle.calibration.get("calibration_split") or _training_split(bundle.config.get("train", {}))
+    original = bundle.calibration.get("calibration_split") or split_record(bundle.config.get("train", {}))
     if original and fingerprint(samples) == bundle.config["data"].get("fingerprint"):
         parts = split_as(samples, original)
         standardise, calibrate = parts.val, parts.cal
@@ -56,11 +56,6 @@ def recalibrate(path: Path, spec: str, target_fpr: float, device: str = "auto",
     bundle.calibration["calibration_data"] = spec
     save_bundle(bundle, path)
     return bundle, caught
-
-
-def _training_split(train: dict) -> dict | None:
-    keys = ("seed", "val_fraction", "cal_fraction")
-    return {k: train[k] for k in keys} if all(k in train for k in keys) else None
 
 
 def calibrate_bundle(bundle: Bundle, val: SampleSet, cal: SampleSet, target_fpr: float, device: str,

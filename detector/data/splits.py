@@ -31,6 +31,15 @@ def split(samples: SampleSet, val_fraction: float, cal_fraction: float, seed: in
                   samples.take(np.sort(perm[n_val : n_val + n_cal])))
 
 
+SPLIT_KEYS = ("seed", "val_fraction", "cal_fraction")  # what makes a bundle's splits again (split_as)
+
+
+def split_record(train: dict) -> dict | None:
+    """The part of a ``train`` config that ``split_as`` needs (a bundle's ``calibration_split``); None when a key
+    is missing."""
+    return {k: train[k] for k in SPLIT_KEYS} if all(k in train for k in SPLIT_KEYS) else None
+
+
 def split_as(samples: SampleSet, recorded: dict) -> Splits:
     """The splits a bundle recorded (its ``train`` config or its ``calibration_split``: val_fraction, cal_fraction,
     seed), made again from the same samples."""

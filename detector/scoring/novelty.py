@@ -27,6 +27,7 @@ The README's "Scores" section gives the measurements. ``apply`` runs on the scor
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 
 import numpy as np
 import torch
@@ -171,7 +172,13 @@ class TypicalityTest:
     def _whitened(self, x: torch.Tensor) -> torch.Tensor:
         """(B, d) statistics in units where the Mahalanobis distance is the Euclidean one."""
         diff = x - on_device(self._on_device, "center", self.center, x.device)
-        return diff @ on_device(self._on_device, "whitener", np.linalg.cholesky(self.precision), x.device)
+        return diff @ on_device(self._on_device, "whitener", self._whitener, x.device)
+
+    @cached_property
+    def _whitener(self) -> np.ndarray:
+        """(d, d) L with L L^T = precision: (x - center) @ L has the Mahalanobis distance as its Euclidean norm.
+        Factored once per test, not per scored batch."""
+        return np.linalg.cholesky(self.precision)
 
     def distance(self, raw: dict) -> torch.Tensor:
         w = self._whitened(_statistics_matrix(raw, self.statistics))  # (B, d) float64

@@ -13,7 +13,7 @@ from detector.calibrate import calibrate_bundle
 from detector.config import ScoreConfig, Settings, validate_debias, validate_model, validate_score, validate_train
 from detector.data.batches import load_tensor
 from detector.data.sampleset import SampleSet
-from detector.data.splits import fingerprint, split
+from detector.data.splits import fingerprint, split, split_record
 from detector.debias.sampler import debias_weights_fn
 from detector.model.bundle import Bundle, save_bundle
 from detector.model.device import resolve_device
@@ -84,7 +84,6 @@ def train_bundle(samples: SampleSet, settings: Settings, out: Path, resume: bool
     bundle = Bundle(config=config, weights=weights, density=density)
     caught = calibrate_bundle(bundle, splits.val, splits.cal, score_cfg.target_fpr, tcfg.device,
                               score_cfg.batch_size, progress)
-    bundle.calibration["calibration_split"] = {"seed": tcfg.seed, "val_fraction": tcfg.val_fraction,
-                                               "cal_fraction": tcfg.cal_fraction}
+    bundle.calibration["calibration_split"] = split_record(dataclasses.asdict(tcfg))
     save_bundle(bundle, out)
     return TrainResult(bundle, history, caught)
