@@ -21,16 +21,16 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_quality import recalibrate, trained  # noqa: E402  (the same training and recalibration)
 
 from detector.bench.results import stamp, write_results  # noqa: E402
+from detector.calibrate import raw_columns  # noqa: E402
 from detector.data import load_spec, ood_suite  # noqa: E402
+from detector.data.sampleset import SampleSet  # noqa: E402
 from detector.data.splits import split_as  # noqa: E402
-from detector.model.bundle import load_bundle  # noqa: E402
 from detector.scoring.detection_metrics import auroc  # noqa: E402
 from detector.scoring.novelty import NoveltyFusion, TypicalityTest, _scale  # noqa: E402
 from detector.scoring.scorer import Scorer  # noqa: E402
@@ -77,9 +77,11 @@ def gaussian_fusion(knn: NoveltyFusion, raw_val: dict) -> NoveltyFusion:
                                                                _scale(med, lo, hi)[1]))
 
 
-def raw_of(scorer: Scorer, x: np.ndarray) -> dict:
-    parts = [scorer.raw_scores(x[i:i + 512])[0] for i in range(0, len(x), 512)]
-    return {k: torch.from_numpy(np.concatenate([p[k] for p in parts])) for k in parts[0]}
+def raw_of(scorer: Scorer, samples: SampleSet | np.ndarray) -> dict[str, np.ndarray]:
+    """Raw scores of a sample set or of images (N, C, H, W), as columns."""
+    if isinstance(samples, np.ndarray):
+        samples = SampleSet(x=samples, y=None, kind="image", name="generated")
+    return raw_columns(scorer, samples, 512, False, "")
 
 
 def main() -> None:
@@ -97,29 +99,27 @@ def main() -> None:
         samples, path = load_spec(str(data)), work / "nature_seed0"
         result["train_seconds"] = trained(path, samples, 0, None, epochs=4)
         scorer = recalibrate(path, samples)
-        val = split_as(samples, load_bundle(path).config["train"]).val
-        raw_val = raw_of(scorer, val.read(0, len(val)))
-        cal_split = split_as(samples, load_bundle(path).config["train"]).cal
-        raw_cal = raw_of(scorer, cal_split.read(0, len(cal_split)))
+        parts = split_as(samples, scorer.bundle.config["train"])
+        raw_val, raw_cal = raw_of(scorer, parts.val), raw_of(scorer, parts.cal)
         fusions = {"k-NN (this code)": scorer.fusion, "one Gaussian (before)": gaussian_fusion(scorer.fusion, raw_val)}
         fusions |= {f"{name}, typicality only": NoveltyFusion([], f.combine, f.typicality)
                     for name, f in list(fusions.items())}
-        thresholds = {name: float(np.quantile(f.apply(raw_cal).numpy(), 0.99)) for name, f in fusions.items()}
-        normal = raw_of(scorer, nature_patches(1000, seed=11))
+        thresholds = {name: float(np.quantile(f.apply(raw_cal), 0.99)) for name, f in fusions.items()}
+        normal = {name: f.apply(raw_of(scorer, nature_patches(1000, seed=11))) for name, f in fusions.items()}
         sets = {f"{name} ({kind})": make for name, kind, make in ood_suite.SUITE}
         sets["house numbers (simpler)"] = house_numbers
         sets["coloured objects (simpler)"] = lambda n, shape: ood_suite.coloured_objects(n, shape, seed=100)
         rows = {}
         for set_name, make in sets.items():
-            anomalous = raw_of(scorer, make(1000, SHAPE))
-            rows[set_name] = {name: {"auroc": auroc(f.apply(normal).numpy(), f.apply(anomalous).numpy()),
-                                     "detection_rate": float((f.apply(anomalous).numpy() > thresholds[name]).mean())}
-                              for name, f in fusions.items()}
+            raw = raw_of(scorer, make(1000, SHAPE))
+            anomalous = {name: f.apply(raw) for name, f in fusions.items()}
+            rows[set_name] = {name: {"auroc": auroc(normal[name], anomalous[name]),
+                                     "detection_rate": float((anomalous[name] > thresholds[name]).mean())}
+                              for name in fusions}
             print(f"  {set_name}: " + ", ".join(f"{n} {v['auroc']:.3f}/{v['detection_rate']:.2f}"
                                                 for n, v in rows[set_name].items()), flush=True)
         result["sets"] = rows
-        result["normal_flagged"] = {name: float((f.apply(normal).numpy() > thresholds[name]).mean())
-                                    for name, f in fusions.items()}
+        result["normal_flagged"] = {name: float((normal[name] > thresholds[name]).mean()) for name in fusions}
     names = list(fusions)
     lines = ["# The typicality test on natural-photo patches", "",
              f"Measured by `{result['command']}` on {result['machine']}, {result['date']}. A bundle trained for 4 "
