@@ -180,8 +180,12 @@ class TypicalityTest:
         Factored once per test, not per scored batch."""
         return np.linalg.cholesky(self.precision)
 
+    def values(self, raw: dict) -> torch.Tensor:
+        """(B, d) each sample's statistics as the test reads them (logged where asked)."""
+        return _statistics_matrix(raw, self.statistics)
+
     def distance(self, raw: dict) -> torch.Tensor:
-        w = self._whitened(_statistics_matrix(raw, self.statistics))  # (B, d) float64
+        w = self._whitened(self.values(raw))  # (B, d) float64
         if self.reference is None:
             return w.pow(2).sum(dim=1).sqrt()  # (B,)
         ref = on_device(self._on_device, "reference", self.reference, w.device)
