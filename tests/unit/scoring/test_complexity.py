@@ -49,3 +49,74 @@ def test_residual_statistics_are_per_sample_and_rgb_averages_channels():
     for name, values in together.items():
         assert values.shape == (5,)
         torch.testing.assert_close(values, torch.cat([a[name] for a in alone]))
+
+
+def test_wavelet_lifting_is_jpeg2000s_reversible_5_3():
+    import torch
+
+    from detector.scoring.complexity import _lift
+
+    x = torch.tensor([[10.0, 12.0, 14.0, 20.0, 20.0, 20.0, 0.0, 255.0]])
+    low, high = _lift(x)
+    # high[i] = x[2i+1] - floor((x[2i] + x[2i+2]) / 2), the last even sample repeated at the edge
+    torch.testing.assert_close(high, torch.tensor([[0.0, 3.0, 10.0, 255.0]]))
+    # low[i] = x[2i] + floor((high[i-1] + high[i] + 2) / 4), the first high sample repeated at the edge
+    torch.testing.assert_close(low, torch.tensor([[10.0, 15.0, 23.0, 66.0]]))
+    # reversible: undo the two lifting steps
+    prev = torch.cat([high[:, :1], high[:, :-1]], dim=1)
+    even = low - torch.floor((prev + high + 2) / 4)
+    odd = high + torch.floor((even + torch.cat([even[:, 1:], even[:, -1:]], dim=1)) / 2)
+    torch.testing.assert_close(torch.stack([even, odd], dim=2).flatten(1), x)
+
+
+def test_entropy_bits_count_each_samples_values_without_a_range():
+    import torch
+
+    from detector.scoring.complexity import _entropy_bits
+
+    rng = np.random.default_rng(0)
+    v = rng.integers(-3000, 3000, (3, 50)) // rng.integers(1, 200, (3, 1))  # repeats, a wide range
+    expected = []
+    for row in v:
+        _, counts = np.unique(row, return_counts=True)
+        expected.append(-(counts * np.log2(counts / len(row))).sum())
+    np.testing.assert_allclose(_entropy_bits(torch.from_numpy(v).float()).numpy(), expected, rtol=1e-5, atol=1e-3)
+
+
+def test_wavelet_code_length_orders_complexity_and_sees_blur():
+    import torch
+    import torch.nn.functional as F
+
+    from detector.scoring.complexity import wavelet_code_length
+
+    rng = np.random.default_rng(0)
+    blank = np.zeros((4, 1, 28, 28), np.uint8)
+    structured = bars(4, size=28)
+    noise = rng.integers(0, 256, (4, 1, 28, 28), dtype=np.uint8)
+    bits = [wavelet_code_length(torch.from_numpy(b.astype(np.float32) / 255)) for b in (blank, structured, noise)]
+    assert float(bits[0].max()) == 0.0  # a constant image: every coefficient of every subband alike
+    assert float(bits[1].mean()) < float(bits[2].mean()) and 6.0 < float(bits[2].mean()) <= 9.0
+    # The same pictures at a quarter of the resolution, upscaled: what the fine subbands no longer pay for.
+    sharp = torch.from_numpy(rng.integers(0, 256, (4, 1, 28, 28)).astype(np.float32) / 255)
+    blurred = F.interpolate(F.avg_pool2d(sharp, 4), scale_factor=4, mode="bilinear", align_corners=False)
+    assert float(wavelet_code_length(blurred).max()) < float(wavelet_code_length(sharp).min()) - 2.0
+
+
+def test_wavelet_code_length_tracks_jpeg2000_per_sample_at_any_size():
+    import torch
+    import torch.nn.functional as F
+
+    from detector.scoring.complexity import wavelet_code_length
+
+    rng = np.random.default_rng(1)
+    base = torch.from_numpy(bars(12, size=36, channels=3).astype(np.float32) / 255)[..., :33, :29]  # odd sizes
+    noisy = (base + torch.from_numpy(rng.normal(0, 1, base.shape).astype(np.float32))
+             * torch.linspace(0, 0.3, 12).view(12, 1, 1, 1)).clamp(0, 1)
+    blurred = F.avg_pool2d(noisy, 3, stride=1, padding=1, count_include_pad=False)
+    x = torch.cat([noisy, blurred])
+    bits = wavelet_code_length(x)
+    assert bits.shape == (24,)
+    torch.testing.assert_close(bits, torch.cat([wavelet_code_length(x[i:i + 5]) for i in range(0, 24, 5)]))
+    codec = complexity_bpd(x.numpy())
+    rank = lambda v: np.argsort(np.argsort(v))  # noqa: E731
+    assert np.corrcoef(rank(bits.numpy()), rank(codec))[0, 1] > 0.9  # Spearman's rho against lossless JPEG 2000
