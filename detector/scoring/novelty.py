@@ -13,8 +13,8 @@ percentile of each lands at 2.33):
   evidence of normality: simple inputs reconstruct *better* than normal ones.
 - **typicality** (DoSE, Morningstar et al. 2021, with a k-NN density in place of their KDEs): how far
   the sample's summary statistics (ELBO in bits/dim, rate, posterior spread, reconstruction error,
-  latent k-NN distance, four measures of the input's own complexity from a predictive code and a
-  wavelet code, its mean and spread) lie from those of the nearest normal samples, in the Mahalanobis metric of normal data.
+  latent k-NN distance, three measures of the input's own complexity from a predictive code, how much
+  detail it has at each of three scales, its mean and spread) lie from those of the nearest normal samples, in the Mahalanobis metric of normal data.
   Two-sided by construction, and through the statistics' joint distribution it learns how the
   likelihood tracks the input's complexity on normal data, so an input that is too likely for how
   complex it is stands out, as does one too complex, too dark, too flat or too blurred.
@@ -61,8 +61,9 @@ IMAGE_COMPONENTS = (
     Component("posterior_log_var", two_sided=False, log=False, rectify=True),
 )
 IMAGE_STATISTICS = (
-    Statistic("neg_elbo_bpd"), Statistic("code_length"), Statistic("wavelet_code_length"),
-    Statistic("residual_log_magnitude"), Statistic("residual_magnitude", log_offset=1e-3), Statistic("recon_error", log_offset=_LOG_FLOOR),
+    Statistic("neg_elbo_bpd"), Statistic("code_length"), Statistic("residual_log_magnitude"),
+    Statistic("residual_magnitude", log_offset=1e-3), Statistic("wavelet_level_1"), Statistic("wavelet_level_2"),
+    Statistic("wavelet_level_3"), Statistic("recon_error", log_offset=_LOG_FLOOR),
     Statistic("latent_knn", log_offset=_LOG_FLOOR), Statistic("kl", log_offset=_LOG_FLOOR),
     Statistic("posterior_log_var"), Statistic("intensity_mean"), Statistic("intensity_std"),
 )

@@ -16,7 +16,7 @@ import math
 import torch
 
 from detector.model.vae import N_TRANSFORMS, VAE, kl_divergence
-from detector.scoring.complexity import residual_statistics, wavelet_code_length
+from detector.scoring.complexity import residual_statistics, wavelet_statistics
 from detector.scoring.latent import LatentReference
 
 # Asked for by name, never computed by default: iw_nll costs K decoder passes; complexity is a JPEG 2000 encode
@@ -82,7 +82,8 @@ def raw_scores(
     transform_nll: how badly the transform head tells the image's turns apart, over the first ``transform_views``
         of them (VAE.transform_nll); not computed with transform_views = 0.
     code_length, residual_log_magnitude, residual_magnitude (images): how complex the input is, from a predictive
-        lossless code of its pixels; wavelet_code_length (images): the same from a multi-scale one (complexity.py);
+        lossless code of its pixels; wavelet_level_1..3 (images): how much detail it has at each of three scales
+        (complexity.py);
     intensity_mean, intensity_std: the input's own mean and spread, in model space.
     iw_nll (only with ``iw_eps``): -log (1/K sum_k p(x,z_k)/q(z_k|x)) over K = len(iw_eps) draws (Burda 2016).
     """
@@ -105,7 +106,7 @@ def raw_scores(
     }
     if model.cfg.kind == "conv":
         out.update(residual_statistics(x))
-        out["wavelet_code_length"] = wavelet_code_length(x)
+        out.update(wavelet_statistics(x))
     if model.transform_head is not None and transform_views > 0:
         out["transform_nll"] = model.transform_nll(x, features, transform_views)
     if iw_eps is not None:  # the same draws as the ELBO's (bundles from before this split): computed once

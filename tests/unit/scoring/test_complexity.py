@@ -69,44 +69,34 @@ def test_wavelet_lifting_is_jpeg2000s_reversible_5_3():
     torch.testing.assert_close(torch.stack([even, odd], dim=2).flatten(1), x)
 
 
-def test_entropy_bits_count_each_samples_values_without_a_range():
-    import torch
-
-    from detector.scoring.complexity import _entropy_bits
-
-    rng = np.random.default_rng(0)
-    v = rng.integers(-3000, 3000, (3, 50)) // rng.integers(1, 200, (3, 1))  # repeats, a wide range
-    expected = []
-    for row in v:
-        _, counts = np.unique(row, return_counts=True)
-        expected.append(-(counts * np.log2(counts / len(row))).sum())
-    np.testing.assert_allclose(_entropy_bits(torch.from_numpy(v).float()).numpy(), expected, rtol=1e-5, atol=1e-3)
-
-
-def test_wavelet_code_length_orders_complexity_and_sees_blur():
+def test_wavelet_statistics_order_complexity_and_see_blur_at_the_fine_scales():
     import torch
     import torch.nn.functional as F
 
-    from detector.scoring.complexity import wavelet_code_length
+    from detector.scoring.complexity import wavelet_statistics
 
     rng = np.random.default_rng(0)
-    blank = np.zeros((4, 1, 28, 28), np.uint8)
+    blank = np.full((4, 1, 28, 28), 77, np.uint8)
     structured = bars(4, size=28)
     noise = rng.integers(0, 256, (4, 1, 28, 28), dtype=np.uint8)
-    bits = [wavelet_code_length(torch.from_numpy(b.astype(np.float32) / 255)) for b in (blank, structured, noise)]
-    assert float(bits[0].max()) == 0.0  # a constant image: every coefficient of every subband alike
-    assert float(bits[1].mean()) < float(bits[2].mean()) and 6.0 < float(bits[2].mean()) <= 9.0
-    # The same pictures at a quarter of the resolution, upscaled: what the fine subbands no longer pay for.
-    sharp = torch.from_numpy(rng.integers(0, 256, (4, 1, 28, 28)).astype(np.float32) / 255)
+    stats = [wavelet_statistics(torch.from_numpy(b.astype(np.float32) / 255)) for b in (blank, structured, noise)]
+    assert sorted(stats[0]) == ["wavelet_level_1", "wavelet_level_2", "wavelet_level_3"]
+    for name in stats[0]:
+        assert float(stats[0][name].max()) == 0.0, name  # a constant image has no detail at any scale
+        assert float(stats[1][name].mean()) < float(stats[2][name].mean()), name
+    # The same noise at a quarter of the resolution, upscaled: the finest scale loses most, the coarsest least.
+    sharp = torch.from_numpy(noise.astype(np.float32) / 255)
     blurred = F.interpolate(F.avg_pool2d(sharp, 4), scale_factor=4, mode="bilinear", align_corners=False)
-    assert float(wavelet_code_length(blurred).max()) < float(wavelet_code_length(sharp).min()) - 2.0
+    before, after = wavelet_statistics(sharp), wavelet_statistics(blurred)
+    drop = [float((before[f"wavelet_level_{i}"] - after[f"wavelet_level_{i}"]).mean()) for i in (1, 2, 3)]
+    assert drop[0] > drop[1] > drop[2] and drop[0] > 3.0
 
 
-def test_wavelet_code_length_tracks_jpeg2000_per_sample_at_any_size():
+def test_wavelet_statistics_are_per_sample_at_any_size_and_track_jpeg2000():
     import torch
     import torch.nn.functional as F
 
-    from detector.scoring.complexity import wavelet_code_length
+    from detector.scoring.complexity import wavelet_statistics
 
     rng = np.random.default_rng(1)
     base = torch.from_numpy(bars(12, size=36, channels=3).astype(np.float32) / 255)[..., :33, :29]  # odd sizes
@@ -114,9 +104,11 @@ def test_wavelet_code_length_tracks_jpeg2000_per_sample_at_any_size():
              * torch.linspace(0, 0.3, 12).view(12, 1, 1, 1)).clamp(0, 1)
     blurred = F.avg_pool2d(noisy, 3, stride=1, padding=1, count_include_pad=False)
     x = torch.cat([noisy, blurred])
-    bits = wavelet_code_length(x)
-    assert bits.shape == (24,)
-    torch.testing.assert_close(bits, torch.cat([wavelet_code_length(x[i:i + 5]) for i in range(0, 24, 5)]))
-    codec = complexity_bpd(x.numpy())
+    together = wavelet_statistics(x)
+    for name, values in together.items():
+        assert values.shape == (24,)
+        torch.testing.assert_close(values, torch.cat([wavelet_statistics(x[i:i + 5])[name] for i in range(0, 24, 5)]))
+    # Summed over the scales, the detail tracks what lossless JPEG 2000 spends (Spearman's rho).
+    detail = sum(together.values()).numpy()
     rank = lambda v: np.argsort(np.argsort(v))  # noqa: E731
-    assert np.corrcoef(rank(bits.numpy()), rank(codec))[0, 1] > 0.9  # Spearman's rho against lossless JPEG 2000
+    assert np.corrcoef(rank(detail), rank(complexity_bpd(x.numpy())))[0, 1] > 0.9

@@ -37,8 +37,8 @@ def test_transform_views_sum_the_first_turns(model):
 def test_one_value_per_sample_for_every_score(model):
     s = scores(model, torch.rand(5, 1, 12, 12))
     for name in ("neg_elbo", "neg_elbo_bpd", "iw_nll", "recon_error", "kl", "latent_distance", "latent_knn",
-                 "transform_nll", "posterior_log_var", "code_length", "wavelet_code_length", "residual_log_magnitude",
-                 "residual_magnitude", "intensity_mean", "intensity_std"):
+                 "transform_nll", "posterior_log_var", "code_length", "wavelet_level_1", "wavelet_level_3",
+                 "residual_log_magnitude", "residual_magnitude", "intensity_mean", "intensity_std"):
         assert s[name].shape == (5,) and torch.isfinite(s[name]).all(), name
 
 
@@ -47,8 +47,8 @@ def test_scores_do_not_depend_on_the_batch_a_sample_travels_in(model):
     together = scores(model, x)
     alone = [scores(model, x[i : i + 1]) for i in range(7)]
     for name in ("neg_elbo", "iw_nll", "recon_error", "latent_distance", "latent_knn", "transform_nll",
-                 "posterior_log_var", "code_length", "wavelet_code_length", "residual_log_magnitude",
-                 "residual_magnitude"):
+                 "posterior_log_var", "code_length", "wavelet_level_1", "wavelet_level_2",
+                 "wavelet_level_3", "residual_log_magnitude", "residual_magnitude"):
         torch.testing.assert_close(together[name], torch.cat([a[name] for a in alone]), rtol=1e-4, atol=1e-3)
 
 
