@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from detector.bench.results import stamp
-from detector.calibrate import calibrate_bundle
+from detector.calibrate import calibrate_bundle, raw_columns
 from detector.config import DebiasConfig, ModelConfig, load_settings
 from detector.data import load_spec, ood_suite
 from detector.data.batches import load_tensor
@@ -49,7 +49,7 @@ from detector.model.segmenter import model_weights
 from detector.model.vae import VAE
 from detector.scoring.detection_metrics import auroc
 from detector.scoring.latent import fit_latent_density
-from detector.scoring.novelty import NoveltyFusion
+from detector.scoring.novelty import NoveltyFusion, TypicalityTest
 from detector.scoring.scorer import Scorer
 from detector.scoring.scores import DIAGNOSTICS
 from detector.training.pipeline import train_bundle
@@ -74,6 +74,21 @@ def recalibrate(path: Path, samples) -> Scorer:
     calibrate_bundle(bundle, parts.val, parts.cal, 0.01, "auto", 1024, progress=False)
     save_bundle(bundle, path)
     return Scorer(bundle)
+
+
+WAVELET_STATISTICS = ("wavelet_level_1", "wavelet_level_2", "wavelet_level_3")
+
+
+def before_wavelets(scorer: Scorer, samples) -> dict[str, NoveltyFusion]:
+    """The bundle's fusion with its typicality test fitted, on the same validation split, without the wavelet
+    statistics (the test before they were added): a fusion variant, measured in the same run."""
+    fusion = scorer.fusion
+    if fusion.typicality is None:
+        return {}
+    raw_val = raw_columns(scorer, split_as(samples, scorer.bundle.config["train"]).val, 1024, False, "")
+    statistics = tuple(s for s in fusion.typicality.statistics if s.score not in WAVELET_STATISTICS)
+    return {"typicality without the wavelet statistics (before them)":
+            NoveltyFusion(fusion.fits, fusion.combine, TypicalityTest.fit(raw_val, statistics))}
 
 
 def trained(path: Path, samples, seed: int, config: Path | None, epochs: int = 0) -> float | None:
@@ -121,8 +136,8 @@ def labelled_bound(fusion: NoveltyFusion, normal: dict, anomalous: dict) -> floa
     return auroc(p[y == 0], p[y == 1])
 
 
-def compare(scorer: Scorer, normal, anomalous) -> dict:
-    """AUROC and detection rate of each shown score, and AUROC of each fusion variant."""
+def compare(scorer: Scorer, normal, anomalous, extra: dict[str, NoveltyFusion]) -> dict:
+    """AUROC and detection rate of each shown score, and AUROC of each fusion variant (and of ``extra``)."""
     row = {}
     for k in SHOWN:
         if k in normal.scores and k in anomalous.scores:
@@ -130,16 +145,16 @@ def compare(scorer: Scorer, normal, anomalous) -> dict:
             if k in anomalous.novel:
                 row[k]["detection_rate"] = float(anomalous.novel[k].mean())
     row["fusions"] = {name: auroc(v.apply(normal.scores), v.apply(anomalous.scores))
-                      for name, v in variants(scorer.fusion).items()}
+                      for name, v in (variants(scorer.fusion) | extra).items()}
     return row
 
 
-def suite(scorer: Scorer, normal, shape, extra: dict | None = None) -> dict:
+def suite(scorer: Scorer, normal, shape, fusions: dict[str, NoveltyFusion], extra: dict | None = None) -> dict:
     sets = {}
     makers = {f"{name} ({kind})": make for name, kind, make in ood_suite.SUITE}
     makers.update(extra or {})
     for name, make in makers.items():
-        sets[name] = compare(scorer, normal, scorer.score(make(1000, shape), DIAGNOSTICS))
+        sets[name] = compare(scorer, normal, scorer.score(make(1000, shape), DIAGNOSTICS), fusions)
         print(f"  {name}: " + ", ".join(f"{k} {v['auroc']:.3f}" + (f"/{v['detection_rate']:.2f}" if "detection_rate" in v else "")
                                       for k, v in sets[name].items() if k != "fusions"), flush=True)
     return sets
@@ -168,10 +183,12 @@ def far_gray(work: Path, seed: int, config: Path | None) -> dict:
                        check=True)
         train_seconds = time.perf_counter() - t0
         print(f"detector train --data fashion-mnist:train ({config or 'defaults'}): {train_seconds:.0f} s", flush=True)
-    scorer = recalibrate(path, load_spec("fashion-mnist:train"))
+    samples = load_spec("fashion-mnist:train")
+    scorer = recalibrate(path, samples)
     normal = scorer.score_samples(load_spec("fashion-mnist:test"), progress=False, diagnostics=DIAGNOSTICS)
     print("far-OOD at 1x28x28 (Fashion-MNIST model):", flush=True)
-    sets = suite(scorer, normal, (1, 28, 28), {"scikit-learn digits, upscaled (first proxy)": sklearn_digits})
+    sets = suite(scorer, normal, (1, 28, 28), before_wavelets(scorer, samples),
+                 {"scikit-learn digits, upscaled (first proxy)": sklearn_digits})
     return {"train_seconds": train_seconds, "sets": sets, "model_version": scorer.model_version,
             "calibration_flagged": {k: float(v.mean()) for k, v in normal.novel.items()}}
 
@@ -186,7 +203,7 @@ def far_rgb(work: Path, seed: int, config: Path | None) -> dict:
     scorer = recalibrate(path, samples)
     normal = scorer.score(ood_suite.coloured_objects(1000, RGB_SHAPE, seed=100), DIAGNOSTICS)
     print("far-OOD at 3x64x64 (coloured-object model, 4 epochs):", flush=True)
-    sets = suite(scorer, normal, RGB_SHAPE)
+    sets = suite(scorer, normal, RGB_SHAPE, before_wavelets(scorer, samples))
     return {"train_seconds": seconds, "sets": sets, "model_version": scorer.model_version,
             "calibration_flagged": {k: float(v.mean()) for k, v in normal.novel.items()},
             "transform_head_used": any(f.component.score == "transform_nll" for f in scorer.fusion.fits)}
@@ -206,7 +223,7 @@ def one_class(work: Path, classes: list[int], seeds: list[int], config: Path | N
             normal = labels == c
             part = lambda keep: dataclasses.replace(result, scores={k: v[keep] for k, v in result.scores.items()},  # noqa: E731
                                                     novel={k: v[keep] for k, v in result.novel.items()})
-            row = compare(scorer, part(normal), part(~normal))
+            row = compare(scorer, part(normal), part(~normal), before_wavelets(scorer, samples))
             row["fusions"]["labelled bound (logistic regression with the test labels, 5-fold CV)"] = labelled_bound(
                 scorer.fusion, part(normal).scores, part(~normal).scores)
             row["seconds"] = seconds
