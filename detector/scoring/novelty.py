@@ -14,7 +14,8 @@ percentile of each lands at 2.33):
 - **typicality** (DoSE, Morningstar et al. 2021, with a k-NN density in place of their KDEs): how far
   the sample's summary statistics (ELBO in bits/dim, rate, posterior spread, reconstruction error,
   latent k-NN distance, three measures of the input's own complexity from a predictive code, how much
-  detail it has at each of three scales, its mean and spread) lie from those of the nearest normal samples, in the Mahalanobis metric of normal data.
+  detail it has at each of three scales, its mean and spread) lie from those of the nearest normal
+  samples, in the Mahalanobis metric of normal data.
   Two-sided by construction, and through the statistics' joint distribution it learns how the
   likelihood tracks the input's complexity on normal data, so an input that is too likely for how
   complex it is stands out, as does one too complex, too dark, too flat or too blurred.
