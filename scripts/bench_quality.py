@@ -47,6 +47,7 @@ from detector.model.bundle import load_bundle, save_bundle
 from detector.model.device import resolve_device
 from detector.model.segmenter import model_weights
 from detector.model.vae import VAE
+from detector.scoring.complexity import WAVELET_SCORES
 from detector.scoring.detection_metrics import auroc
 from detector.scoring.latent import fit_latent_density
 from detector.scoring.novelty import NoveltyFusion, TypicalityTest
@@ -76,17 +77,17 @@ def recalibrate(path: Path, samples) -> Scorer:
     return Scorer(bundle)
 
 
-WAVELET_STATISTICS = ("wavelet_level_1", "wavelet_level_2", "wavelet_level_3")
+def validation_raw(scorer: Scorer, samples) -> dict[str, np.ndarray]:
+    """Raw scores of the bundle's validation split of ``samples`` (what its fusion was fitted on)."""
+    return raw_columns(scorer, split_as(samples, scorer.bundle.config["train"]).val, 1024, False, "")
 
 
-def before_wavelets(scorer: Scorer, samples) -> dict[str, NoveltyFusion]:
-    """The bundle's fusion with its typicality test fitted, on the same validation split, without the wavelet
-    statistics (the test before they were added): a fusion variant, measured in the same run."""
-    fusion = scorer.fusion
+def before_wavelets(fusion: NoveltyFusion, raw_val: dict) -> dict[str, NoveltyFusion]:
+    """``fusion`` with its typicality test fitted on ``raw_val`` (the validation split's raw scores) without the
+    wavelet statistics (the test before they were added): a fusion variant, measured in the same run."""
     if fusion.typicality is None:
         return {}
-    raw_val = raw_columns(scorer, split_as(samples, scorer.bundle.config["train"]).val, 1024, False, "")
-    statistics = tuple(s for s in fusion.typicality.statistics if s.score not in WAVELET_STATISTICS)
+    statistics = tuple(s for s in fusion.typicality.statistics if s.score not in WAVELET_SCORES)
     return {"typicality without the wavelet statistics (before them)":
             NoveltyFusion(fusion.fits, fusion.combine, TypicalityTest.fit(raw_val, statistics))}
 
@@ -187,7 +188,7 @@ def far_gray(work: Path, seed: int, config: Path | None) -> dict:
     scorer = recalibrate(path, samples)
     normal = scorer.score_samples(load_spec("fashion-mnist:test"), progress=False, diagnostics=DIAGNOSTICS)
     print("far-OOD at 1x28x28 (Fashion-MNIST model):", flush=True)
-    sets = suite(scorer, normal, (1, 28, 28), before_wavelets(scorer, samples),
+    sets = suite(scorer, normal, (1, 28, 28), before_wavelets(scorer.fusion, validation_raw(scorer, samples)),
                  {"scikit-learn digits, upscaled (first proxy)": sklearn_digits})
     return {"train_seconds": train_seconds, "sets": sets, "model_version": scorer.model_version,
             "calibration_flagged": {k: float(v.mean()) for k, v in normal.novel.items()}}
@@ -203,7 +204,7 @@ def far_rgb(work: Path, seed: int, config: Path | None) -> dict:
     scorer = recalibrate(path, samples)
     normal = scorer.score(ood_suite.coloured_objects(1000, RGB_SHAPE, seed=100), DIAGNOSTICS)
     print("far-OOD at 3x64x64 (coloured-object model, 4 epochs):", flush=True)
-    sets = suite(scorer, normal, RGB_SHAPE, before_wavelets(scorer, samples))
+    sets = suite(scorer, normal, RGB_SHAPE, before_wavelets(scorer.fusion, validation_raw(scorer, samples)))
     return {"train_seconds": seconds, "sets": sets, "model_version": scorer.model_version,
             "calibration_flagged": {k: float(v.mean()) for k, v in normal.novel.items()},
             "transform_head_used": any(f.component.score == "transform_nll" for f in scorer.fusion.fits)}
@@ -223,7 +224,8 @@ def one_class(work: Path, classes: list[int], seeds: list[int], config: Path | N
             normal = labels == c
             part = lambda keep: dataclasses.replace(result, scores={k: v[keep] for k, v in result.scores.items()},  # noqa: E731
                                                     novel={k: v[keep] for k, v in result.novel.items()})
-            row = compare(scorer, part(normal), part(~normal), before_wavelets(scorer, samples))
+            before = before_wavelets(scorer.fusion, validation_raw(scorer, samples))
+            row = compare(scorer, part(normal), part(~normal), before)
             row["fusions"]["labelled bound (logistic regression with the test labels, 5-fold CV)"] = labelled_bound(
                 scorer.fusion, part(normal).scores, part(~normal).scores)
             row["seconds"] = seconds

@@ -8,9 +8,10 @@ Normal data: 64x64 RGB patches, from several scales, of the nature photographs o
 statistics the typicality test reads are far from one elliptical cloud. A bundle is trained on 8,000 of them for
 4 epochs (default settings otherwise) and reused from --work; its novelty score is then fitted on its own
 validation split three times: with the typicality test of this code (k-NN over thirteen statistics), with the
-same test without the three wavelet statistics (as it was before them) and with the one Gaussian over the thirteen
-used before the k-NN test; each is measured against 1,000 held-out patches, the far-OOD suite at 3x64x64 and printed house numbers
-(SVHN-like: digits in printed fonts on flat colour). Writes docs/benchmarks/typicality.{md,json}.
+same test without the three wavelet statistics (as it was before them) and with the one Gaussian over the
+thirteen used before the k-NN test; each is measured against 1,000 held-out patches, the far-OOD suite at
+3x64x64 and printed house numbers (SVHN-like: digits in printed fonts on flat colour). Writes
+docs/benchmarks/typicality.{md,json}.
 """
 
 from __future__ import annotations
@@ -102,7 +103,7 @@ def main() -> None:
         scorer = recalibrate(path, samples)
         parts = split_as(samples, scorer.bundle.config["train"])
         raw_val, raw_cal = raw_of(scorer, parts.val), raw_of(scorer, parts.cal)
-        fusions = {"k-NN (this code)": scorer.fusion, **before_wavelets(scorer, samples),
+        fusions = {"k-NN (this code)": scorer.fusion, **before_wavelets(scorer.fusion, raw_val),
                    "one Gaussian": gaussian_fusion(scorer.fusion, raw_val)}
         fusions |= {f"{name}, typicality only": NoveltyFusion([], f.combine, f.typicality)
                     for name, f in list(fusions.items())}

@@ -60,6 +60,7 @@ def residual_statistics(x: torch.Tensor) -> dict[str, torch.Tensor]:
 
 
 WAVELET_LEVELS = 3
+WAVELET_SCORES = tuple(f"wavelet_level_{level}" for level in range(1, WAVELET_LEVELS + 1))  # finest first
 
 
 def _lift(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -82,12 +83,12 @@ def wavelet_statistics(x: torch.Tensor) -> dict[str, torch.Tensor]:
     expected there."""
     low = torch.round(x.float() * 255.0)
     out = {}
-    for level in range(1, WAVELET_LEVELS + 1):
+    for name in WAVELET_SCORES:
         rows_low, rows_high = _lift(low)  # along the width
         low, low_high = (t.transpose(-1, -2) for t in _lift(rows_low.transpose(-1, -2)))  # along the height
         high_low, high_high = _lift(rows_high.transpose(-1, -2))
         details = torch.cat([low_high.flatten(1), high_low.flatten(1), high_high.flatten(1)], dim=1)
-        out[f"wavelet_level_{level}"] = torch.log2(1 + details.abs()).mean(dim=1)
+        out[name] = torch.log2(1 + details.abs()).mean(dim=1)
     return out
 
 

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from detector.errors import BundleError
+from detector.scoring.complexity import WAVELET_SCORES
 from detector.model.device import on_device
 
 _Z99 = 2.3263  # standard-normal 99th percentile: per-side scales are set so q01/q99 land at +-1 sigma units of it
@@ -63,8 +64,8 @@ IMAGE_COMPONENTS = (
 )
 IMAGE_STATISTICS = (
     Statistic("neg_elbo_bpd"), Statistic("code_length"), Statistic("residual_log_magnitude"),
-    Statistic("residual_magnitude", log_offset=1e-3), Statistic("wavelet_level_1"), Statistic("wavelet_level_2"),
-    Statistic("wavelet_level_3"), Statistic("recon_error", log_offset=_LOG_FLOOR),
+    Statistic("residual_magnitude", log_offset=1e-3), *(Statistic(name) for name in WAVELET_SCORES),
+    Statistic("recon_error", log_offset=_LOG_FLOOR),
     Statistic("latent_knn", log_offset=_LOG_FLOOR), Statistic("kl", log_offset=_LOG_FLOOR),
     Statistic("posterior_log_var"), Statistic("intensity_mean"), Statistic("intensity_std"),
 )
