@@ -51,7 +51,7 @@ from detector.scoring.complexity import WAVELET_SCORES
 from detector.scoring.detection_metrics import auroc
 from detector.scoring.latent import fit_latent_density
 from detector.scoring.novelty import NoveltyFusion, TypicalityTest
-from detector.scoring.scorer import Scorer
+from detector.scoring.scorer import Scorer, score_settings
 from detector.scoring.scores import DIAGNOSTICS
 from detector.training.pipeline import train_bundle
 
@@ -62,10 +62,12 @@ SHOWN = ("novelty", "neg_elbo", "iw_nll", "recon_error", "latent_distance", "lat
 RGB_SHAPE = (3, 64, 64)
 
 
-def recalibrate(path: Path, samples) -> Scorer:
-    """Re-derive what the bundle at ``path`` holds beside its weights with the current code: the latent statistics
-    from its training split, the novelty score and thresholds from its validation and calibration splits."""
+def recalibrate(path: Path, samples, config: Path | None = None) -> Scorer:
+    """Re-derive what the bundle at ``path`` holds beside its weights with the current code: the score settings
+    (``config``'s, else the defaults: what training writes today), the latent statistics from its training split,
+    the novelty score and thresholds from its validation and calibration splits."""
     bundle = load_bundle(path)
+    bundle.config["score"] = score_settings(load_settings(config).score)
     cfg = bundle.config["train"]
     parts = split_as(samples, cfg)
     model = VAE(ModelConfig.from_json(bundle.config["model"]))
@@ -185,7 +187,7 @@ def far_gray(work: Path, seed: int, config: Path | None) -> dict:
         train_seconds = time.perf_counter() - t0
         print(f"detector train --data fashion-mnist:train ({config or 'defaults'}): {train_seconds:.0f} s", flush=True)
     samples = load_spec("fashion-mnist:train")
-    scorer = recalibrate(path, samples)
+    scorer = recalibrate(path, samples, config)
     normal = scorer.score_samples(load_spec("fashion-mnist:test"), progress=False, diagnostics=DIAGNOSTICS)
     print("far-OOD at 1x28x28 (Fashion-MNIST model):", flush=True)
     sets = suite(scorer, normal, (1, 28, 28), before_wavelets(scorer.fusion, validation_raw(scorer, samples)),
@@ -201,7 +203,7 @@ def far_rgb(work: Path, seed: int, config: Path | None) -> dict:
     path = work / f"rgb_seed{seed}"
     samples = load_spec(str(data))
     seconds = trained(path, samples, seed, config, epochs=4)
-    scorer = recalibrate(path, samples)
+    scorer = recalibrate(path, samples, config)
     normal = scorer.score(ood_suite.coloured_objects(1000, RGB_SHAPE, seed=100), DIAGNOSTICS)
     print("far-OOD at 3x64x64 (coloured-object model, 4 epochs):", flush=True)
     sets = suite(scorer, normal, RGB_SHAPE, before_wavelets(scorer.fusion, validation_raw(scorer, samples)))
@@ -219,7 +221,7 @@ def one_class(work: Path, classes: list[int], seeds: list[int], config: Path | N
             samples = load_spec(f"fashion-mnist:train:classes={c}")
             path = work / f"class{c}_seed{seed}"
             seconds = trained(path, samples, seed, config)
-            scorer = recalibrate(path, samples)
+            scorer = recalibrate(path, samples, config)
             result = scorer.score_samples(test, progress=False)  # diagnostics on the far-OOD sets only: time
             normal = labels == c
             part = lambda keep: dataclasses.replace(result, scores={k: v[keep] for k, v in result.scores.items()},  # noqa: E731

@@ -57,7 +57,7 @@ def test_calibrate_moves_a_legacy_bundle_to_the_on_device_score(legacy_bundle, d
                            str(data_dir / "normal.npz"), "--device", "cpu"], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     config = json.loads((path / "config.json").read_text())
-    assert config["score"]["elbo_samples"] == 1 and config["score"]["transform_views"] == 2
+    assert config["score"]["elbo_samples"] == 1 and config["score"]["transform_views"] == 1
     scorer = Scorer.from_path(path, device="cpu")
     assert not scorer.legacy and scorer.fusion.typicality is not None
     result = scorer.score(bars(6, size=16, seed=11))
