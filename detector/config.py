@@ -15,6 +15,7 @@ from typing import Any
 from detector.errors import ConfigError
 
 LIKELIHOODS = ("cbernoulli", "gaussian", "logistic")
+RECON_AT = ("draw", "mean")  # where recon_error's reconstruction is decoded: the ELBO's first draw, the posterior mean
 
 
 @dataclass
@@ -69,6 +70,8 @@ class ScoreConfig:
     transform_views: int = 1  # turns the transform head scores (of 4); each but the first costs an encoder pass.
     # 1 (upright alone, free) kept the far-OOD and one-class AUROC of 2 within 0.001 (README "Scores"); bundles
     # written with 2 keep 2
+    recon_at: str = "draw"  # recon_error's reconstruction: at the ELBO's first draw (no decoder pass of its own;
+    # one-class and far-OOD AUROC as at the posterior mean, README "Scores") or "mean" (bundles written before keep it)
     knn_k: int = 2  # training latents latent_knn averages over (README "Scores")
     iw_samples: int = 8  # K for the importance-weighted NLL (a diagnostic, computed when asked for)
     iw_chunk: int = 4096  # samples x K evaluated per decoder call, in 28x28 images' worth (scores.CHUNK_DIMS)
@@ -181,6 +184,8 @@ def validate_train(cfg: TrainConfig) -> None:
 
 
 def validate_score(cfg: ScoreConfig) -> None:
+    if cfg.recon_at not in RECON_AT:
+        raise ConfigError(f"recon_at must be one of {', '.join(RECON_AT)}, got {cfg.recon_at!r}")
     if cfg.elbo_samples < 1 or cfg.iw_samples < 1:
         raise ConfigError(f"elbo_samples and iw_samples must be >= 1, got {cfg.elbo_samples} and {cfg.iw_samples}")
     if cfg.knn_k < 1:

@@ -43,7 +43,8 @@ NOISE_SEED = 1234  # the fixed noise of the ELBO's samples: a sample scores the 
 
 def score_settings(cfg: ScoreConfig) -> dict:
     """The bundle's "score" section: how the Scorer computes each score."""
-    return {"elbo_samples": cfg.elbo_samples, "transform_views": cfg.transform_views, "knn_k": cfg.knn_k,
+    return {"elbo_samples": cfg.elbo_samples, "transform_views": cfg.transform_views, "recon_at": cfg.recon_at,
+            "knn_k": cfg.knn_k,
             "iw_samples": cfg.iw_samples,
             "iw_chunk": cfg.iw_chunk, "noise_seed": NOISE_SEED}
 
@@ -177,6 +178,7 @@ class Scorer:
         self.iw_eps = self.eps if self.legacy and k_iw == k_elbo else fixed_noise(k_iw, latent_dim, seed).to(self.device)
         self.chunk = chunk or int(score_cfg.get("iw_chunk", 4096))
         self.transform_views = int(score_cfg.get("transform_views", N_TRANSFORMS))
+        self.recon_at = score_cfg.get("recon_at", "mean")  # bundles written before it reconstruct at the mean
         dens = bundle.density
         self.latent_reference = LatentReference.from_arrays(dens, self.model_cfg.latent_dim, self.device,
                                                             int(score_cfg.get("knn_k", LEGACY_KNN_K)))
@@ -238,7 +240,7 @@ class Scorer:
         x = self._to_device(batch) if x is None else x
         with torch.autocast("cuda", dtype=self.autocast_dtype or torch.float32, enabled=self.autocast_dtype is not None):
             raw = raw_scores(self.model, x, self.eps, self.latent_reference, self.chunk,
-                             self.iw_eps if "iw_nll" in want else None, self.transform_views)
+                             self.iw_eps if "iw_nll" in want else None, self.transform_views, self.recon_at)
         if self.kind == "image" and "complexity" in want:  # the CPU codec: only when asked for
             raw["complexity"] = torch.from_numpy(complexity_bpd(batch)).to(self.device)
             raw["complexity_corrected"] = raw["neg_elbo_bpd"] - raw["complexity"]

@@ -4,9 +4,9 @@ Every stochastic estimate uses one fixed set of standard-normal draws shared by 
 (common random numbers), so a sample's scores do not depend on which batch it travelled in:
 the server, the audit and the CLI give identical numbers.
 
-What the server returns by default costs one encoder pass, two decoder passes (at the posterior
-mean, and at the ELBO's draw) and tensor arithmetic; the costlier diagnostics are computed only when
-asked for by name (``DIAGNOSTICS``).
+What the server returns by default costs one encoder pass, one decoder pass (at the ELBO's draw, which
+also gives the reconstruction error) and tensor arithmetic; the costlier diagnostics are computed only
+when asked for by name (``DIAGNOSTICS``).
 """
 
 from __future__ import annotations
@@ -36,12 +36,13 @@ def fixed_noise(k: int, latent_dim: int, seed: int = 1234) -> torch.Tensor:
 
 
 def _sampled_terms(model: VAE, x: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, eps: torch.Tensor,
-                   chunk: int, with_mean: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+                   chunk: int, recon_at: str | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Mean log p(x|z_k) and the importance-weighted log p(x) estimate over the K draws z_k = mu + std * eps_k,
-    each (B,), evaluated ``chunk`` samples x K at a time; ``with_mean``: also the reconstruction at the posterior
-    mean, decoded in the same pass as the draws (one decoder call instead of two: about 10% of the decoder's time
-    on CPU)."""
+    each (B,), evaluated ``chunk`` samples x K at a time; and with ``recon_at`` the reconstruction (B, ...): at the
+    first draw ("draw": no extra decoding) or at the posterior mean ("mean": decoded in the same call as the draws,
+    B more samples)."""
     k = eps.shape[0]
+    with_mean = recon_at == "mean"
     std = torch.exp(0.5 * logvar)
     expected_ll, iw, recon = [], [], []
     per_chunk = max(1, chunk * CHUNK_DIMS // ((k + with_mean) * max(model.input_dims, CHUNK_DIMS)))
@@ -50,16 +51,16 @@ def _sampled_terms(model: VAE, x: torch.Tensor, mu: torch.Tensor, logvar: torch.
         z = mu[sl, None, :] + std[sl, None, :] * eps[None]  # (b, K, Z)
         b = z.shape[0]
         params = model.decode(torch.cat([mu[sl], z.reshape(b * k, -1)]) if with_mean else z.reshape(b * k, -1))
-        if with_mean:
-            recon.append(model.reconstruct(params[:b]))
         params_k = params[b:] if with_mean else params
+        if recon_at is not None:  # the mean's row of each sample, or its first draw's (rows are sample-major)
+            recon.append(model.reconstruct(params[:b] if with_mean else params_k.unflatten(0, (b, k))[:, 0]))
         x_k = x[sl].unsqueeze(1).expand(b, k, *x.shape[1:]).reshape(b * k, *x.shape[1:])
         ll = model.log_likelihood(x_k, params_k).view(b, k)  # (b, K)
         log_pz = -0.5 * (z.pow(2) + _LOG_2PI).sum(-1)
         log_qz = -0.5 * (eps.pow(2)[None] + _LOG_2PI + logvar[sl, None, :]).sum(-1)
         expected_ll.append(ll.mean(dim=1))
         iw.append(torch.logsumexp(ll + log_pz - log_qz, dim=1) - math.log(k))
-    return torch.cat(expected_ll), torch.cat(iw), torch.cat(recon) if with_mean else None
+    return torch.cat(expected_ll), torch.cat(iw), torch.cat(recon) if recon_at is not None else None
 
 
 @torch.inference_mode()
@@ -71,12 +72,15 @@ def raw_scores(
     chunk: int = 4096,
     iw_eps: torch.Tensor | None = None,
     transform_views: int = N_TRANSFORMS,
+    recon_at: str = "draw",
 ) -> dict[str, torch.Tensor]:
     """Every raw score for a model-space batch ``x`` (B, ...), each (B,) float32.
 
     neg_elbo: -E_q[log p(x|z)] + KL(q||p), nats: a Monte Carlo estimate over the K = len(eps) shared draws
         (default 1), analytic KL.
-    recon_error: mean squared error of the decoder's reconstruction at the posterior mean.
+    recon_error: mean squared error of the decoder's reconstruction at the ELBO's first draw (``recon_at`` "draw":
+        the decoder pass the ELBO already makes; the draws are fixed, so the value is too) or at the posterior mean
+        ("mean": one more decoder pass; bundles written before 2026-12-02).
     kl: KL(q(z|x) || N(0, I)), the rate; posterior_log_var: sum of the posterior's log-variances.
     latent_distance, latent_knn: distances of the posterior mean from the training latents (latent.py).
     transform_nll: how badly the transform head tells the image's turns apart, over the first ``transform_views``
@@ -89,7 +93,7 @@ def raw_scores(
     """
     mu, logvar, features = model.encode_with_features(x)  # (B, Z) each; conv features or None
     mu, logvar = mu.float(), logvar.float()
-    expected_ll, iw, recon = _sampled_terms(model, x, mu, logvar, eps, chunk, with_mean=True)
+    expected_ll, iw, recon = _sampled_terms(model, x, mu, logvar, eps, chunk, recon_at)
     kl = kl_divergence(mu, logvar)
     neg_elbo = -expected_ll + kl
     flat = x.float().flatten(1)

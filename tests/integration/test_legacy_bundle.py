@@ -41,7 +41,7 @@ def legacy_bundle(tmp_path_factory, bundle_path, data_dir):
 
 def test_a_legacy_bundle_scores_as_it_did(legacy_bundle):
     scorer = Scorer.from_path(legacy_bundle, device="cpu")
-    assert scorer.legacy and scorer.eps.shape[0] == 8 and scorer.transform_views == 4
+    assert scorer.legacy and scorer.eps.shape[0] == 8 and scorer.transform_views == 4 and scorer.recon_at == "mean"
     x = bars(6, size=16, seed=11)
     result = scorer.score(x)
     # Every diagnostic computed by default, as that release did, and its novelty is its own fusion of them.
@@ -58,6 +58,7 @@ def test_calibrate_moves_a_legacy_bundle_to_the_on_device_score(legacy_bundle, d
     assert proc.returncode == 0, proc.stderr
     config = json.loads((path / "config.json").read_text())
     assert config["score"]["elbo_samples"] == 1 and config["score"]["transform_views"] == 1
+    assert config["score"]["recon_at"] == "draw"
     scorer = Scorer.from_path(path, device="cpu")
     assert not scorer.legacy and scorer.fusion.typicality is not None
     result = scorer.score(bars(6, size=16, seed=11))

@@ -1,6 +1,6 @@
 import pytest
 
-from detector.config import TrainConfig, resolve_epochs, validate_train
+from detector.config import ScoreConfig, TrainConfig, resolve_epochs, validate_score, validate_train
 from detector.errors import ConfigError
 
 
@@ -19,3 +19,9 @@ def test_explicit_epochs_are_kept():
 def test_negative_epochs_or_steps_are_refused(cfg):
     with pytest.raises(ConfigError):
         validate_train(cfg)
+
+
+def test_recon_at_names_where_the_reconstruction_is_decoded():
+    validate_score(ScoreConfig(recon_at="mean"))
+    with pytest.raises(ConfigError, match="recon_at must be one of draw, mean, got 'median'"):
+        validate_score(ScoreConfig(recon_at="median"))

@@ -14,10 +14,25 @@ def model():
     return VAE(resolve_model_config(ModelConfig(latent_dim=3, base_channels=4), "image", (1, 12, 12))).eval()
 
 
-def scores(model, x, k=16, chunk=4096, views=4):
+def scores(model, x, k=16, chunk=4096, views=4, recon_at="draw"):
     reference = LatentReference(torch.zeros(3), torch.eye(3), torch.eye(3), torch.randn(40, 3, generator=torch.Generator().manual_seed(0)))
     eps = fixed_noise(k, 3)
-    return raw_scores(model, x, eps, reference, chunk, iw_eps=eps, transform_views=views)
+    return raw_scores(model, x, eps, reference, chunk, iw_eps=eps, transform_views=views, recon_at=recon_at)
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_recon_error_reconstructs_at_the_first_draw_or_at_the_posterior_mean(model, k):
+    x = torch.rand(5, 1, 12, 12)
+    with torch.inference_mode():
+        mu, logvar = model.encode(x)
+        first_draw = mu + torch.exp(0.5 * logvar) * fixed_noise(k, 3)[0]
+        expected = {at: (model.reconstruct(model.decode(z)) - x).pow(2).flatten(1).mean(dim=1)
+                    for at, z in (("draw", first_draw), ("mean", mu))}
+    for at in ("draw", "mean"):
+        for chunk in (3, 4096):  # decoded in chunks of one sample's K draws, or all at once
+            got = scores(model, x, k=k, chunk=chunk, recon_at=at)["recon_error"]
+            torch.testing.assert_close(got, expected[at], rtol=1e-5, atol=1e-7)
+    assert not torch.allclose(expected["draw"], expected["mean"])
 
 
 def test_iw_nll_only_when_asked_for(model):
