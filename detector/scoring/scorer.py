@@ -44,9 +44,7 @@ NOISE_SEED = 1234  # the fixed noise of the ELBO's samples: a sample scores the 
 def score_settings(cfg: ScoreConfig) -> dict:
     """The bundle's "score" section: how the Scorer computes each score."""
     return {"elbo_samples": cfg.elbo_samples, "transform_views": cfg.transform_views, "recon_at": cfg.recon_at,
-            "knn_k": cfg.knn_k,
-            "iw_samples": cfg.iw_samples,
-            "iw_chunk": cfg.iw_chunk, "noise_seed": NOISE_SEED}
+            "knn_k": cfg.knn_k, "iw_samples": cfg.iw_samples, "iw_chunk": cfg.iw_chunk, "noise_seed": NOISE_SEED}
 
 
 def calibrated_scores(kind: str) -> tuple[str, ...]:
