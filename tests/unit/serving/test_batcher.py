@@ -235,7 +235,9 @@ def test_admission_learns_its_margin_from_answers_that_ran_late():
     learned, results = run(main())
     assert learned > MIN_DEADLINE_MARGIN
     assert not any(isinstance(r, DeadlineExpired) for r in results)
-    assert 2 <= sum(isinstance(r, np.ndarray) for r in results) <= 7
+    # About 6 batches of 60 ms fit before the deadline; how many the learned margin admits depends on how late the
+    # loaded machine ran (a CI run under load admitted 1): some, never all, and none that then expires.
+    assert 1 <= sum(isinstance(r, np.ndarray) for r in results) <= 7
 
 
 def test_a_batch_drops_requests_it_cannot_finish_before_their_deadline():
