@@ -26,7 +26,10 @@ def best_rate(fn, n: int, repeat: int = 5, device=None) -> float:
     return n / min(timed(fn, device) for _ in range(repeat))
 
 
-def paired_ratios(fn, reference, rounds: int = 9, device=None) -> list[float]:
+PAIRED_ROUNDS = 9  # rounds of paired_ratios: the benchmarks report their median
+
+
+def paired_ratios(fn, reference, rounds: int = PAIRED_ROUNDS, device=None) -> list[float]:
     """Per round, the time of one call of ``reference`` over that of one call of ``fn`` (``fn``'s rate relative to
     ``reference``'s on the same items), the two called alternately after one warm-up call each. A machine whose speed
     drifts between measurements (a shared VM) moves both times of a round alike, which two fastest-of-N rates taken

@@ -36,7 +36,7 @@ from detector.config import Settings
 from detector.data.ood_suite import coloured_objects
 from detector.data.sampleset import SampleSet
 from detector.scoring.scorer import Scorer
-from detector.timing import best_rate, paired_ratios
+from detector.timing import PAIRED_ROUNDS, best_rate, paired_ratios
 from detector.training.pipeline import train_bundle
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -66,12 +66,13 @@ def scoring(bundle: Path, x: np.ndarray, device: str) -> dict:
                     return model.decode(model.encode(xt)[0])
 
             model_rate = best_rate(passes, batch, device=scorer.device)
-            scorer_rate = best_rate(lambda: scorer.score(xb), batch, device=scorer.device)
-            paired = float(np.median(paired_ratios(lambda: scorer.score(xb), passes, 9, device=scorer.device)))
+            score = lambda: scorer.score(xb)  # noqa: E731
+            scorer_rate = best_rate(score, batch, device=scorer.device)
+            paired = float(np.median(paired_ratios(score, passes, device=scorer.device)))
             out[f"{precision}/{batch}"] = {"model_pass": model_rate, "scorer": scorer_rate,
                                            "ratio": scorer_rate / model_rate, "ratio_paired": paired}
-            print(f"  {precision} batch {batch}: Scorer {scorer_rate:.0f}/s, model pass {model_rate:.0f}/s, "
-                  f"ratio {scorer_rate / model_rate:.3f} (median of 9 paired rounds {paired:.3f})", flush=True)
+            print(f"  {precision} batch {batch}: Scorer {scorer_rate:.0f}/s, model pass {model_rate:.0f}/s, ratio "
+                  f"{scorer_rate / model_rate:.3f} (median of {PAIRED_ROUNDS} paired rounds {paired:.3f})", flush=True)
     return out
 
 
@@ -140,8 +141,8 @@ def report(result: dict, command: str) -> list[str]:
     for shape, part in result["shapes"].items():
         lines += [f"## {shape}", "", f"Training ({part['epochs']} epochs, {part['n_train']} samples): "
                   f"**{part['train_samples_per_s']:.0f} samples/s**.", "",
-                  "| precision / batch | (a) Scorer.score | one encoder + decoder pass | ratio | ratio, median of 9 "
-                  "paired rounds |", "|---|---|---|---|---|"]
+                  "| precision / batch | (a) Scorer.score | one encoder + decoder pass | ratio | ratio, median of "
+                  f"{PAIRED_ROUNDS} paired rounds |", "|---|---|---|---|---|"]
         lines += [f"| {k} | {v['scorer']:.0f} | {v['model_pass']:.0f} | {v['ratio']:.3f} | {v['ratio_paired']:.3f} |"
                   for k, v in part["scoring"].items()]
         o = part["overlap"]

@@ -9,8 +9,8 @@
     this one run;
 (2) in-process scoring samples/s at batch 1024: one encoder + decoder pass of the model (its own cost), the
     costlier parts, the Scorer with default settings (what the server calls) and with each diagnostic; the ratio
-    of the Scorer's rate to the model's own is the cost figure, the median of rounds that time the two back to back. `--bundle B` measures (2) alone, with B, into
-    scoring.{md,json}.
+    of the Scorer's rate to the model's own is the cost figure, the median of rounds that time the two back to
+    back. `--bundle B` measures (2) alone, with B, into scoring.{md,json}.
 `--data SPEC` trains on other images (default fashion-mnist:train; e.g. an .npz of 3x64x64 frames made by
 `python -m detector.data.ood_suite`), `--name` names the report (default train). Both loops train the VAE alone:
 `detector train` runs with `[train] map_steps = 0` (the map segmenter trains after the VAE, outside the loop timed).
@@ -74,8 +74,9 @@ def ours(spec: str, epochs: int, work: Path) -> tuple[float, int, Path]:
 
 def scoring(bundle: Path, batch_size: int) -> tuple[dict[str, float], list[float], tuple[int, ...]]:
     """Samples/s of each part of scoring and of the whole Scorer, beside one encoder + decoder pass of the same model
-    (the model's own cost) at the same batch, all in this one run; the cost ratio of each of ROUNDS rounds that time
-    the default Scorer and the model's pass one after the other; and the model's sample shape."""
+    (the model's own cost) at the same batch, all in this one run; the cost ratio of each of the rounds that time
+    the default Scorer and the model's pass one after the other (timing.paired_ratios); and the model's sample
+    shape."""
     scorer = Scorer.from_path(bundle)
     x_np = load_spec("fashion-mnist:test").read(0, batch_size) if scorer.sample_shape == (1, 28, 28) else \
         np.random.default_rng(0).integers(0, 256, (batch_size, *scorer.sample_shape), dtype=np.uint8)
@@ -97,12 +98,11 @@ def scoring(bundle: Path, batch_size: int) -> tuple[dict[str, float], list[float
         rates = {name: best_rate(fn, batch_size, repeat=3) for name, fn in timed.items()}
         rates["Scorer.score + complexity (JPEG 2000, CPU)"] = best_rate(lambda: scorer.score(x_np, ["complexity"]),
                                                                         batch_size, repeat=1)
-        ratios = paired_ratios(lambda: scorer.score(x_np), passes, ROUNDS)
+        ratios = paired_ratios(lambda: scorer.score(x_np), passes)
         return rates, ratios, scorer.sample_shape
 
 
 COST_RATIO = "Scorer.score, defaults / one encoder + decoder pass"
-ROUNDS = 9  # paired rounds of the cost ratio: its median is the figure
 
 
 def main() -> None:
@@ -146,7 +146,8 @@ def main() -> None:
     spread = f"median of {len(ratios)} paired rounds, {min(ratios):.3f} to {max(ratios):.3f}"
     print(f"{COST_RATIO}: {ratio:.3f} ({spread}; {default_rate / model_rate:.3f} from the fastest-of-3 rates)")
     result.update({"scoring_samples_per_s_batch": args.batch_size, "scoring_samples_per_s": score_rates,
-                   "cost_ratio": ratio, "cost_ratio_rounds": ratios, "cost_ratio_of_rates": default_rate / model_rate})
+                   "cost_ratio": ratio, "cost_ratio_rounds": ratios,
+                   "cost_ratio_of_rates": default_rate / model_rate})
     args.out.mkdir(parents=True, exist_ok=True)
     name = args.name if args.bundle is None else "scoring"  # scoring alone does not overwrite the training figures
     (args.out / f"{name}.json").write_text(json.dumps(result, indent=2))
@@ -154,8 +155,8 @@ def main() -> None:
               "|---|---|"]
     lines += [f"| {k} | {v:.0f} |" for k, v in score_rates.items()]
     lines += ["", f"**{COST_RATIO}: {ratio:.3f}** (goal 0.33): the {spread}, each round timing one call of the "
-              "default Scorer and one encoder + decoder pass back to back, so that the machine's speed, which drifts on "
-              f"a shared VM, is the same for both. From the fastest-of-3 rates above, measured apart: "
+              "default Scorer and one encoder + decoder pass back to back, so that the machine's speed, which drifts "
+              f"on a shared VM, is the same for both. From the fastest-of-3 rates above, measured apart: "
               f"{default_rate / model_rate:.3f}."]
     (args.out / f"{name}.md").write_text("\n".join(lines) + "\n")
     print(f"wrote {args.out / (name + '.md')}")
