@@ -6,13 +6,13 @@ data (Nalisnick et al. 2019), and a likelihood corrected by one compressor's cod
 therefore adds two kinds of evidence, each standardised against held-out normal data (the normal 99th
 percentile of each lands at 2.33):
 
-- **in-domain evidence**, one-sided: log reconstruction error, log distance to the nearest training
-  latents, log transform-head loss, the posterior's summed log-variance. An input the model has never
-  seen the like of reconstructs badly, encodes away from the training latents and uncertainly, and its
-  orientation cannot be told. Values below the normal median count as 0 (``rectify``), never as
-  evidence of normality: simple inputs reconstruct *better* than normal ones.
+- **in-domain evidence**, one-sided: log reconstruction error (blurred: its shape, not the fine detail a VAE
+  never reproduces), log distance to the nearest training latents, log transform-head loss, the posterior's
+  summed log-variance. An input the model has never seen the like of reconstructs badly, encodes away from
+  the training latents and uncertainly, and its orientation cannot be told. Values below the normal median
+  count as 0 (``rectify``), never as evidence of normality: simple inputs reconstruct *better* than normal ones.
 - **typicality** (DoSE, Morningstar et al. 2021, with a k-NN density in place of their KDEs): how far
-  the sample's summary statistics (ELBO in bits/dim, rate, posterior spread, reconstruction error,
+  the sample's summary statistics (ELBO in bits/dim, rate, posterior spread, blurred reconstruction error,
   latent k-NN distance, three measures of the input's own complexity from a predictive code, how much
   detail it has at each of three scales, its mean and spread) lie from those of the nearest normal
   samples, in the Mahalanobis metric of normal data.
@@ -57,7 +57,7 @@ class Statistic:
 
 
 IMAGE_COMPONENTS = (
-    Component("recon_error", two_sided=False, log=True, rectify=True),
+    Component("recon_error_lowpass", two_sided=False, log=True, rectify=True),
     Component("latent_knn", two_sided=False, log=True),
     Component("transform_nll", two_sided=False, log=True, rectify=True),
     Component("posterior_log_var", two_sided=False, log=False, rectify=True),
@@ -65,7 +65,7 @@ IMAGE_COMPONENTS = (
 IMAGE_STATISTICS = (
     Statistic("neg_elbo_bpd"), Statistic("code_length"), Statistic("residual_log_magnitude"),
     Statistic("residual_magnitude", log_offset=1e-3), *(Statistic(name) for name in WAVELET_SCORES),
-    Statistic("recon_error", log_offset=_LOG_FLOOR),
+    Statistic("recon_error_lowpass", log_offset=_LOG_FLOOR),
     Statistic("latent_knn", log_offset=_LOG_FLOOR), Statistic("kl", log_offset=_LOG_FLOOR),
     Statistic("posterior_log_var"), Statistic("intensity_mean"), Statistic("intensity_std"),
 )

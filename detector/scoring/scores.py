@@ -27,6 +27,12 @@ _LOG_2PI = math.log(2 * math.pi)
 # CHUNK_DIMS output values whatever the image size, so 3x128x128 frames go 63 times fewer per call than 28x28 ones
 # (at 4096, a whole-chunk decode of 3x128x128 frames peaked at 8 GB of RSS).
 CHUNK_DIMS = 28 * 28
+# recon_error_lowpass: the residual blurred by a Gaussian of this many pixels (the kernel reaches LOWPASS_RADIUS)
+# before it is squared. A VAE's reconstruction lacks the finest detail of normal and novel inputs alike; without
+# it the error measures shape. One-class Fashion-MNIST (twenty models, as the fusion's part and statistic in place
+# of recon_error): mean novelty AUROC 0.9450 -> 0.9484; alone 0.906 -> 0.928; sigma 1 to 2 within 0.0003.
+LOWPASS_SIGMA = 1.5
+LOWPASS_RADIUS = 4
 
 
 def fixed_noise(k: int, latent_dim: int, seed: int = 1234) -> torch.Tensor:
@@ -63,6 +69,27 @@ def _sampled_terms(model: VAE, x: torch.Tensor, mu: torch.Tensor, logvar: torch.
     return torch.cat(expected_ll), torch.cat(iw), torch.cat(recon) if recon_at is not None else None
 
 
+def _blur_matrix(n: int, device: torch.device) -> torch.Tensor:
+    """(n, n) M with M @ v the Gaussian blur of a length-n signal v, zero beyond its ends: row i holds the kernel
+    (LOWPASS_SIGMA, out to LOWPASS_RADIUS, summing to 1) centred on i."""
+    offset = torch.arange(n, device=device, dtype=torch.float32)
+    offset = offset[:, None] - offset[None, :]
+    kernel = torch.exp(-0.5 * (offset / LOWPASS_SIGMA) ** 2) * (offset.abs() <= LOWPASS_RADIUS)
+    full = torch.arange(-LOWPASS_RADIUS, LOWPASS_RADIUS + 1, dtype=torch.float32, device=device)
+    return kernel / torch.exp(-0.5 * (full / LOWPASS_SIGMA) ** 2).sum()
+
+
+def lowpass_error(residual: torch.Tensor) -> torch.Tensor:
+    """Mean square of image residuals (B, C, H, W) after a Gaussian blur of LOWPASS_SIGMA pixels, each channel on
+    its own (zero outside the image), (B,). The blur is separable: along the rows, then along the columns, each
+    one matrix product over every row of the batch at once, on the residual's device (for 1,024 28x28 residuals on
+    2 CPU cores a grouped convolution took 88 ms, a batch of small matrix products 53)."""
+    b, c, h, w = residual.shape
+    rows = (residual.float().reshape(-1, w) @ _blur_matrix(w, residual.device)).view(b, c, h, w)
+    blurred = rows.transpose(2, 3).reshape(-1, h) @ _blur_matrix(h, residual.device)  # (B*C*W, H), transposed
+    return blurred.view(b, -1).pow(2).mean(dim=1)  # the matrices are symmetric; the mean ignores the order
+
+
 @torch.inference_mode()
 def raw_scores(
     model: VAE,
@@ -81,6 +108,7 @@ def raw_scores(
     recon_error: mean squared error of the decoder's reconstruction at the ELBO's first draw (``recon_at`` "draw":
         the decoder pass the ELBO already makes; the draws are fixed, so the value is too) or at the posterior mean
         ("mean": one more decoder pass; bundles written before 2026-12-02).
+    recon_error_lowpass (images): the same residual's mean square after a Gaussian blur (``lowpass_error``).
     kl: KL(q(z|x) || N(0, I)), the rate; posterior_log_var: sum of the posterior's log-variances.
     latent_distance, latent_knn: distances of the posterior mean from the training latents (latent.py).
     transform_nll: how badly the transform head tells the image's turns apart, over the first ``transform_views``
@@ -97,10 +125,11 @@ def raw_scores(
     kl = kl_divergence(mu, logvar)
     neg_elbo = -expected_ll + kl
     flat = x.float().flatten(1)
+    residual = recon - x
     out = {
         "neg_elbo": neg_elbo,
         "neg_elbo_bpd": neg_elbo / (model.input_dims * math.log(2)),
-        "recon_error": (recon - x).pow(2).flatten(1).mean(dim=1),
+        "recon_error": residual.pow(2).flatten(1).mean(dim=1),
         "kl": kl,
         "posterior_log_var": logvar.sum(dim=1),
         **reference.distances(mu),
@@ -109,6 +138,7 @@ def raw_scores(
         "latent_mean_": mu,  # not a score: handed on for debiasing and audit plots
     }
     if model.cfg.kind == "conv":
+        out["recon_error_lowpass"] = lowpass_error(residual)
         out.update(residual_statistics(x))
         out.update(wavelet_statistics(x))
     if model.transform_head is not None and transform_views > 0:

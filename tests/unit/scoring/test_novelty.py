@@ -51,8 +51,8 @@ def test_unknown_combine_is_refused():
 
 def test_images_sum_four_components_and_a_typicality_test_vectors_keep_the_maximum():
     components, combine, statistics = default_fusion("image")
-    assert combine == "sum" and [c.score for c in components] == ["recon_error", "latent_knn", "transform_nll",
-                                                                  "posterior_log_var"]
+    assert combine == "sum" and [c.score for c in components] == ["recon_error_lowpass", "latent_knn",
+                                                                  "transform_nll", "posterior_log_var"]
     assert {"neg_elbo_bpd", "code_length", "wavelet_level_1", "intensity_mean"} <= {s.score for s in statistics}
     assert default_fusion("vector")[1:] == ("max", ())
 
@@ -145,11 +145,11 @@ def test_a_transform_head_no_better_than_chance_is_left_out_and_missing_scores_a
     components, _, _ = default_fusion("image")
     chance = 4 * np.log(4)
     rng = np.random.default_rng(0)
-    raw = {"latent_knn": rng.uniform(0.1, 1, 50), "recon_error": rng.uniform(0.1, 1, 50)}
+    raw = {"latent_knn": rng.uniform(0.1, 1, 50), "recon_error_lowpass": rng.uniform(0.1, 1, 50)}
     learnt = {**raw, "transform_nll": rng.uniform(0.01, 0.5, 50)}  # turns told apart: kept
     kept, notes = usable_components(components, learnt, chance)
-    assert [c.score for c in kept] == ["recon_error", "latent_knn", "transform_nll"] and notes == []
+    assert [c.score for c in kept] == ["recon_error_lowpass", "latent_knn", "transform_nll"] and notes == []
     blind = {**raw, "transform_nll": rng.uniform(0.95, 1.0, 50) * chance}  # images without an orientation
     kept, notes = usable_components(components, blind, chance)
-    assert [c.score for c in kept] == ["recon_error", "latent_knn"]
+    assert [c.score for c in kept] == ["recon_error_lowpass", "latent_knn"]
     assert len(notes) == 1 and "no better than chance" in notes[0]
