@@ -57,9 +57,10 @@ from detector.training.pipeline import train_bundle
 
 ROOT = Path(__file__).resolve().parent.parent
 
-SHOWN = ("novelty", "neg_elbo", "iw_nll", "recon_error", "latent_distance", "latent_knn", "transform_nll",
-         "complexity_corrected")
+SHOWN = ("novelty", "neg_elbo", "iw_nll", "recon_error", "recon_error_lowpass", "latent_distance", "latent_knn",
+         "transform_nll", "complexity_corrected")
 RGB_SHAPE = (3, 64, 64)
+LOWPASS = "recon_error_lowpass"
 
 
 def recalibrate(path: Path, samples, config: Path | None = None) -> Scorer:
@@ -84,14 +85,21 @@ def validation_raw(scorer: Scorer, samples) -> dict[str, np.ndarray]:
     return raw_columns(scorer, split_as(samples, scorer.bundle.config["train"]).val, 1024, False, "")
 
 
-def before_wavelets(fusion: NoveltyFusion, raw_val: dict) -> dict[str, NoveltyFusion]:
-    """``fusion`` with its typicality test fitted on ``raw_val`` (the validation split's raw scores) without the
-    wavelet statistics (the test before they were added): a fusion variant, measured in the same run."""
-    if fusion.typicality is None:
-        return {}
-    statistics = tuple(s for s in fusion.typicality.statistics if s.score not in WAVELET_SCORES)
-    return {"typicality without the wavelet statistics (before them)":
-            NoveltyFusion(fusion.fits, fusion.combine, TypicalityTest.fit(raw_val, statistics))}
+def earlier_fusions(fusion: NoveltyFusion, raw_val: dict) -> dict[str, NoveltyFusion]:
+    """``fusion`` as it was before two of its changes, refitted on ``raw_val`` (the validation split's raw scores):
+    its typicality test without the wavelet statistics, and the unblurred recon_error in place of
+    recon_error_lowpass (as part and as statistic). Fusion variants, measured in the same run."""
+    out = {}
+    if fusion.typicality is not None:
+        statistics = tuple(s for s in fusion.typicality.statistics if s.score not in WAVELET_SCORES)
+        out["typicality without the wavelet statistics (before them)"] = NoveltyFusion(
+            fusion.fits, fusion.combine, TypicalityTest.fit(raw_val, statistics))
+    if any(f.component.score == LOWPASS for f in fusion.fits):
+        swap = lambda item: dataclasses.replace(item, score="recon_error") if item.score == LOWPASS else item  # noqa: E731
+        statistics = tuple(map(swap, fusion.typicality.statistics)) if fusion.typicality else ()
+        out["recon_error unblurred (before recon_error_lowpass)"] = NoveltyFusion.fit(
+            raw_val, tuple(swap(f.component) for f in fusion.fits), fusion.combine, statistics)
+    return out
 
 
 def trained(path: Path, samples, seed: int, config: Path | None, epochs: int = 0) -> float | None:
@@ -190,7 +198,7 @@ def far_gray(work: Path, seed: int, config: Path | None) -> dict:
     scorer = recalibrate(path, samples, config)
     normal = scorer.score_samples(load_spec("fashion-mnist:test"), progress=False, diagnostics=DIAGNOSTICS)
     print("far-OOD at 1x28x28 (Fashion-MNIST model):", flush=True)
-    sets = suite(scorer, normal, (1, 28, 28), before_wavelets(scorer.fusion, validation_raw(scorer, samples)),
+    sets = suite(scorer, normal, (1, 28, 28), earlier_fusions(scorer.fusion, validation_raw(scorer, samples)),
                  {"scikit-learn digits, upscaled (first proxy)": sklearn_digits})
     return {"train_seconds": train_seconds, "sets": sets, "model_version": scorer.model_version,
             "calibration_flagged": {k: float(v.mean()) for k, v in normal.novel.items()}}
@@ -206,7 +214,7 @@ def far_rgb(work: Path, seed: int, config: Path | None) -> dict:
     scorer = recalibrate(path, samples, config)
     normal = scorer.score(ood_suite.coloured_objects(1000, RGB_SHAPE, seed=100), DIAGNOSTICS)
     print("far-OOD at 3x64x64 (coloured-object model, 4 epochs):", flush=True)
-    sets = suite(scorer, normal, RGB_SHAPE, before_wavelets(scorer.fusion, validation_raw(scorer, samples)))
+    sets = suite(scorer, normal, RGB_SHAPE, earlier_fusions(scorer.fusion, validation_raw(scorer, samples)))
     return {"train_seconds": seconds, "sets": sets, "model_version": scorer.model_version,
             "calibration_flagged": {k: float(v.mean()) for k, v in normal.novel.items()},
             "transform_head_used": any(f.component.score == "transform_nll" for f in scorer.fusion.fits)}
@@ -226,7 +234,7 @@ def one_class(work: Path, classes: list[int], seeds: list[int], config: Path | N
             normal = labels == c
             part = lambda keep: dataclasses.replace(result, scores={k: v[keep] for k, v in result.scores.items()},  # noqa: E731
                                                     novel={k: v[keep] for k, v in result.novel.items()})
-            before = before_wavelets(scorer.fusion, validation_raw(scorer, samples))
+            before = earlier_fusions(scorer.fusion, validation_raw(scorer, samples))
             row = compare(scorer, part(normal), part(~normal), before)
             row["fusions"]["labelled bound (logistic regression with the test labels, 5-fold CV)"] = labelled_bound(
                 scorer.fusion, part(normal).scores, part(~normal).scores)

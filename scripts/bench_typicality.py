@@ -26,7 +26,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_quality import before_wavelets, recalibrate, trained  # noqa: E402  (the same training and fits)
+from bench_quality import earlier_fusions, recalibrate, trained  # noqa: E402  (the same training and fits)
 
 from detector.bench.results import stamp, write_results  # noqa: E402
 from detector.calibrate import raw_columns  # noqa: E402
@@ -103,7 +103,7 @@ def main() -> None:
         scorer = recalibrate(path, samples)
         parts = split_as(samples, scorer.bundle.config["train"])
         raw_val, raw_cal = raw_of(scorer, parts.val), raw_of(scorer, parts.cal)
-        fusions = {"k-NN (this code)": scorer.fusion, **before_wavelets(scorer.fusion, raw_val),
+        fusions = {"k-NN (this code)": scorer.fusion, **earlier_fusions(scorer.fusion, raw_val),
                    "one Gaussian": gaussian_fusion(scorer.fusion, raw_val)}
         fusions |= {f"{name}, typicality only": NoveltyFusion([], f.combine, f.typicality)
                     for name, f in list(fusions.items())}
