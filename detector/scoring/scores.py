@@ -30,7 +30,7 @@ CHUNK_DIMS = 28 * 28
 # recon_error_lowpass: the residual blurred by a Gaussian of this many pixels (the kernel reaches LOWPASS_RADIUS)
 # before it is squared. A VAE's reconstruction lacks the finest detail of normal and novel inputs alike; without
 # it the error measures shape. As the fusion's part and statistic in place of recon_error, one-class Fashion-MNIST
-# went from 0.944 to 0.948 mean novelty AUROC over twenty models (docs/benchmarks/quality.md); alone 0.906 -> 0.928,
+# went from 0.944 to 0.948 mean novelty AUROC over twenty models (docs/benchmarks/quality.md); alone 0.906 -> 0.929,
 # and widths of 1 to 2 pixels within 0.0003 of each other fused (README, "Scores").
 LOWPASS_SIGMA = 1.5
 LOWPASS_RADIUS = 4
