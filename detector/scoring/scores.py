@@ -83,8 +83,9 @@ def _blur_matrix(n: int, device: torch.device) -> torch.Tensor:
 def lowpass_error(residual: torch.Tensor) -> torch.Tensor:
     """Mean square of image residuals (B, C, H, W) after a Gaussian blur of LOWPASS_SIGMA pixels, each channel on
     its own (zero outside the image), (B,). The blur is separable: along the rows, then along the columns, each
-    one matrix product over every row of the batch at once, on the residual's device (for 1,024 28x28 residuals on
-    2 CPU cores a grouped convolution took 88 ms, a batch of small matrix products 53)."""
+    one matrix product over every row of the batch at once, on the residual's device. For 1,024 28x28 residuals on
+    2 busy CPU cores (/tmp script, one run, medians of 15): 54 ms, a grouped convolution 183 ms, a batch of small
+    (H, H) @ x @ (W, W) products 47 ms; inside a Scorer call at batch 1024, about 10 ms of 450."""
     b, c, h, w = residual.shape
     rows = (residual.float().reshape(-1, w) @ _blur_matrix(w, residual.device)).view(b, c, h, w)
     blurred = rows.transpose(2, 3).reshape(-1, h) @ _blur_matrix(h, residual.device)  # (B*C*W, H), transposed
