@@ -95,7 +95,9 @@ def earlier_fusions(fusion: NoveltyFusion, raw_val: dict) -> dict[str, NoveltyFu
         out["typicality without the wavelet statistics (before them)"] = NoveltyFusion(
             fusion.fits, fusion.combine, TypicalityTest.fit(raw_val, statistics))
     if any(f.component.score == LOWPASS for f in fusion.fits):
-        swap = lambda item: dataclasses.replace(item, score="recon_error") if item.score == LOWPASS else item  # noqa: E731
+        def swap(item):  # a Component or a Statistic
+            return dataclasses.replace(item, score="recon_error") if item.score == LOWPASS else item
+
         statistics = tuple(map(swap, fusion.typicality.statistics)) if fusion.typicality else ()
         out["recon_error unblurred (before recon_error_lowpass)"] = NoveltyFusion.fit(
             raw_val, tuple(swap(f.component) for f in fusion.fits), fusion.combine, statistics)
