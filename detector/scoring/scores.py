@@ -82,14 +82,14 @@ def _blur_matrix(n: int, device: torch.device) -> torch.Tensor:
 
 def lowpass_error(residual: torch.Tensor) -> torch.Tensor:
     """Mean square of image residuals (B, C, H, W) after a Gaussian blur of LOWPASS_SIGMA pixels, each channel on
-    its own (zero outside the image), (B,). The blur is separable: along the rows, then along the columns, each
-    one matrix product over every row of the batch at once, on the residual's device. For 1,024 28x28 residuals on
-    2 busy CPU cores (/tmp script, one run, medians of 15): 54 ms, a grouped convolution 183 ms, a batch of small
-    (H, H) @ x @ (W, W) products 47 ms; inside a Scorer call at batch 1024, about 10 ms of 450."""
-    b, c, h, w = residual.shape
-    rows = (residual.float().reshape(-1, w) @ _blur_matrix(w, residual.device)).view(b, c, h, w)
-    blurred = rows.transpose(2, 3).reshape(-1, h) @ _blur_matrix(h, residual.device)  # (B*C*W, H), transposed
-    return blurred.view(b, -1).pow(2).mean(dim=1)  # the matrices are symmetric; the mean ignores the order
+    its own (zero outside the image), (B,). The blur is separable: (H, H) @ residual @ (W, W), on the residual's
+    device. For 1,024 28x28 residuals on 2 idle CPU cores 6.8 ms (medians of 9, one run, /tmp script; 116 ms for
+    3x64x64, 177 ms for 64 3x256x256 frames), faster than one product over all rows of the batch per axis (8.8 ms)
+    and a grouped convolution (about 3.5x slower on busy cores); inside a Scorer call at batch 1024, about 10 ms
+    of 450."""
+    h, w = residual.shape[-2:]
+    blurred = _blur_matrix(h, residual.device) @ residual.float() @ _blur_matrix(w, residual.device)  # symmetric
+    return blurred.pow(2).flatten(1).mean(dim=1)
 
 
 @torch.inference_mode()
