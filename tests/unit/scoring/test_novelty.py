@@ -114,7 +114,9 @@ def test_typicality_keeps_at_most_its_reference_size_and_any_split_scores_the_sa
     sample = two_kinds_raw(rng, 300)
     whole = fusion.apply(sample)
     parts = [fusion.apply({k: v[i:i + 7] for k, v in sample.items()}) for i in range(0, 300, 7)]
-    np.testing.assert_allclose(np.concatenate(parts), whole, rtol=1e-5, atol=1e-5)
+    # float32 distances through a matrix product: the kernel BLAS picks depends on the batch's shape and the CPU
+    # (up to 2e-5 apart on some 2-core machines), as in test_apply_runs_on_tensors_and_matches_numpy
+    np.testing.assert_allclose(np.concatenate(parts), whole, rtol=1e-4, atol=1e-4)
 
 
 def test_apply_runs_on_tensors_and_matches_numpy():
