@@ -58,11 +58,9 @@ from detector.training.pipeline import train_bundle
 ROOT = Path(__file__).resolve().parent.parent
 
 SHOWN = ("novelty", "neg_elbo", "iw_nll", "recon_error", "recon_error_lowpass", "latent_distance", "latent_knn",
-         "transform_nll", "code_corrected", "complexity_corrected")
+         "transform_nll", "complexity_corrected")
 RGB_SHAPE = (3, 64, 64)
 LOWPASS = "recon_error_lowpass"
-LATEST_PARTS = ("code_corrected", "intensity_mean")  # the fusion's parts added last (2026-12-02)
-BEFORE_LATEST = "without code_corrected and intensity_mean (before them)"
 
 
 def recalibrate(path: Path, samples, config: Path | None = None) -> Scorer:
@@ -88,14 +86,10 @@ def validation_raw(scorer: Scorer, samples) -> dict[str, np.ndarray]:
 
 
 def earlier_fusions(fusion: NoveltyFusion, raw_val: dict) -> dict[str, NoveltyFusion]:
-    """``fusion`` as it was before three of its changes, refitted on ``raw_val`` (the validation split's raw
-    scores): without the code_corrected and intensity_mean parts, its typicality test without the wavelet
-    statistics, and the unblurred recon_error in place of recon_error_lowpass (as part and as statistic). Fusion
-    variants, measured in the same run."""
+    """``fusion`` as it was before two of its changes, refitted on ``raw_val`` (the validation split's raw scores):
+    its typicality test without the wavelet statistics, and the unblurred recon_error in place of
+    recon_error_lowpass (as part and as statistic). Fusion variants, measured in the same run."""
     out = {}
-    if any(f.component.score in LATEST_PARTS for f in fusion.fits):  # each part's fit stands alone: drop them
-        out[BEFORE_LATEST] = NoveltyFusion([f for f in fusion.fits if f.component.score not in LATEST_PARTS],
-                                           fusion.combine, fusion.typicality)
     if fusion.typicality is not None:
         statistics = tuple(s for s in fusion.typicality.statistics if s.score not in WAVELET_SCORES)
         out["typicality without the wavelet statistics (before them)"] = NoveltyFusion(

@@ -8,13 +8,9 @@ percentile of each lands at 2.33):
 
 - **in-domain evidence**, one-sided: log reconstruction error (blurred: its shape, not the fine detail a VAE
   never reproduces), log distance to the nearest training latents, log transform-head loss, the posterior's
-  summed log-variance, the ELBO's excess over the input's predictive code length (``code_corrected``, Serra et
-  al. 2020's S computed on the device), and how far the input's mean intensity lies *below* normal (``lower``).
-  An input the model has never seen the like of reconstructs badly, encodes away from the training latents and
-  uncertainly, its orientation cannot be told, and it costs the model more bits than its own complexity
-  explains; sparse strokes, blank and dark frames carry less signal than any normal image. Values on the
-  normal side of the median count as 0 (``rectify``), never as evidence of normality: simple inputs
-  reconstruct *better* than normal ones.
+  summed log-variance. An input the model has never seen the like of reconstructs badly, encodes away from
+  the training latents and uncertainly, and its orientation cannot be told. Values below the normal median
+  count as 0 (``rectify``), never as evidence of normality: simple inputs reconstruct *better* than normal ones.
 - **typicality** (DoSE, Morningstar et al. 2021, with a k-NN density in place of their KDEs): how far
   the sample's summary statistics (ELBO in bits/dim, rate, posterior spread, blurred reconstruction error,
   latent k-NN distance, three measures of the input's own complexity from a predictive code, how much
@@ -50,8 +46,7 @@ class Component:
     score: str  # a raw score name
     two_sided: bool  # atypically low values are novel too
     log: bool  # standardise log(score): for positive, heavy-tailed scores
-    rectify: bool = False  # values on the normal side of the median count as 0, never as evidence of normality
-    lower: bool = False  # the deviation counted lies below the normal median (too little of it), not above
+    rectify: bool = False  # values below the normal median count as 0, never as evidence of normality
 
 
 @dataclass(frozen=True)
@@ -66,8 +61,6 @@ IMAGE_COMPONENTS = (
     Component("latent_knn", two_sided=False, log=True),
     Component("transform_nll", two_sided=False, log=True, rectify=True),
     Component("posterior_log_var", two_sided=False, log=False, rectify=True),
-    Component("code_corrected", two_sided=False, log=False, rectify=True),
-    Component("intensity_mean", two_sided=False, log=False, rectify=True, lower=True),
 )
 IMAGE_STATISTICS = (
     Statistic("neg_elbo_bpd"), Statistic("code_length"), Statistic("residual_log_magnitude"),
@@ -143,12 +136,9 @@ class ComponentFit:
     def standardize(self, values: torch.Tensor) -> torch.Tensor:
         """Deviation from the normal median in per-side robust units (>= 0 means unusual)."""
         v = _component_values(self.component, values)
-        if self.component.lower:
-            z = (self.median - v) / self.lower_scale
-        else:
-            z = (v - self.median) / self.upper_scale
-            if self.component.two_sided:
-                z = torch.where(v >= self.median, z, (self.median - v) / self.lower_scale)
+        z = (v - self.median) / self.upper_scale
+        if self.component.two_sided:
+            z = torch.where(v >= self.median, z, (self.median - v) / self.lower_scale)
         return z.clamp_min(0.0) if self.component.rectify else z
 
     @classmethod
@@ -310,8 +300,7 @@ class NoveltyFusion:
         component list of bundles written before "combine" existed (which took the maximum). ``arrays``: the
         bundle's calibration arrays, which hold a k-NN test's reference."""
         items, combine = (data, "max") if isinstance(data, list) else (data["components"], data["combine"])
-        fits = [ComponentFit(Component(i["score"], bool(i["two_sided"]), bool(i["log"]), bool(i.get("rectify", False)),
-                                       bool(i.get("lower", False))),
+        fits = [ComponentFit(Component(i["score"], bool(i["two_sided"]), bool(i["log"]), bool(i.get("rectify", False))),
                              float(i["median"]), float(i["lower_scale"]), float(i["upper_scale"])) for i in items]
         typicality = data.get("typicality") if isinstance(data, dict) else None
         return cls(fits, combine, TypicalityTest.from_json(typicality, arrays or {}) if typicality else None)

@@ -116,9 +116,7 @@ def raw_scores(
     transform_nll: how badly the transform head tells the image's turns apart, over the first ``transform_views``
         of them (VAE.transform_nll); not computed with transform_views = 0.
     code_length, residual_log_magnitude, residual_magnitude (images): how complex the input is, from a predictive
-        lossless code of its pixels; code_corrected (images): neg_elbo_bpd - code_length, the bits per dimension the
-        model spends beyond that code (Serra et al. 2020's S, with the code length as the input's complexity: high
-        for an input unlikely for how simple it is); wavelet_level_1..3 (images): how much detail it has at each of three scales
+        lossless code of its pixels; wavelet_level_1..3 (images): how much detail it has at each of three scales
         (complexity.py);
     intensity_mean, intensity_std: the input's own mean and spread, in model space.
     iw_nll (only with ``iw_eps``): -log (1/K sum_k p(x,z_k)/q(z_k|x)) over K = len(iw_eps) draws (Burda 2016).
@@ -144,7 +142,6 @@ def raw_scores(
     if model.cfg.kind == "conv":
         out["recon_error_lowpass"] = lowpass_error(residual)
         out.update(residual_statistics(x))
-        out["code_corrected"] = out["neg_elbo_bpd"] - out["code_length"]
         out.update(wavelet_statistics(x))
     if model.transform_head is not None and transform_views > 0:
         out["transform_nll"] = model.transform_nll(x, features, transform_views)

@@ -189,7 +189,7 @@ def test_images_without_an_orientation_train_without_the_transform_component(tmp
     assert "transform_nll left out of novelty" in proc.stderr and "Traceback" not in proc.stderr
     fusion = json.loads((tmp_path / "b" / "calibration.json").read_text())["fusion"]
     assert [c["score"] for c in fusion["components"]] == ["recon_error_lowpass", "latent_knn",
-                                                               "posterior_log_var", "code_corrected", "intensity_mean"]
+                                                               "posterior_log_var"]
 
 
 def test_diagnostics_flag_adds_columns_and_an_unknown_name_is_one_line(bundle_path, data_dir, tmp_path):

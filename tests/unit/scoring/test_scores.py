@@ -4,7 +4,6 @@ import torch
 
 from detector.config import ModelConfig
 from detector.model.vae import VAE, resolve_model_config
-from detector.scoring.complexity import residual_statistics
 from detector.scoring.latent import LatentReference
 from detector.scoring.scores import LOWPASS_RADIUS, LOWPASS_SIGMA, fixed_noise, lowpass_error, raw_scores
 
@@ -92,7 +91,7 @@ def test_one_value_per_sample_for_every_score(model):
     s = scores(model, torch.rand(5, 1, 12, 12))
     for name in ("neg_elbo", "neg_elbo_bpd", "iw_nll", "recon_error", "recon_error_lowpass", "kl", "latent_distance",
                  "latent_knn",
-                 "transform_nll", "posterior_log_var", "code_length", "code_corrected", "wavelet_level_1", "wavelet_level_3",
+                 "transform_nll", "posterior_log_var", "code_length", "wavelet_level_1", "wavelet_level_3",
                  "residual_log_magnitude", "residual_magnitude", "intensity_mean", "intensity_std"):
         assert s[name].shape == (5,) and torch.isfinite(s[name]).all(), name
 
@@ -102,8 +101,8 @@ def test_scores_do_not_depend_on_the_batch_a_sample_travels_in(model):
     together = scores(model, x)
     alone = [scores(model, x[i : i + 1]) for i in range(7)]
     for name in ("neg_elbo", "iw_nll", "recon_error", "recon_error_lowpass", "latent_distance", "latent_knn",
-                 "transform_nll", "posterior_log_var", "code_length", "code_corrected", "wavelet_level_1",
-                 "wavelet_level_2", "wavelet_level_3", "residual_log_magnitude", "residual_magnitude"):
+                 "transform_nll", "posterior_log_var", "code_length", "wavelet_level_1", "wavelet_level_2",
+                 "wavelet_level_3", "residual_log_magnitude", "residual_magnitude"):
         torch.testing.assert_close(together[name], torch.cat([a[name] for a in alone]), rtol=1e-4, atol=1e-3)
 
 
@@ -124,11 +123,3 @@ def test_importance_weighting_tightens_the_bound(model):
 def test_bits_per_dim_is_nats_rescaled(model):
     s = scores(model, torch.rand(3, 1, 12, 12))
     torch.testing.assert_close(s["neg_elbo_bpd"], s["neg_elbo"] / (144 * np.log(2)))
-
-
-def test_code_corrected_is_the_elbo_in_bits_per_dim_less_the_predictive_code_length(model):
-    x = torch.rand(3, 1, 12, 12)
-    x[0] = 0.5  # a flat image codes in almost no bits
-    s = scores(model, x)
-    torch.testing.assert_close(s["code_corrected"], s["neg_elbo_bpd"] - residual_statistics(x)["code_length"])
-    assert s["code_length"][0] < s["code_length"][1]
