@@ -15,6 +15,7 @@ import math
 
 import torch
 
+from detector.data.blur import kernel_radius, zero_padded_blur
 from detector.model.vae import N_TRANSFORMS, VAE, kl_divergence
 from detector.scoring.complexity import residual_statistics, wavelet_statistics
 from detector.scoring.latent import LatentReference
@@ -33,7 +34,7 @@ CHUNK_DIMS = 28 * 28
 # went from 0.944 to 0.948 mean novelty AUROC over twenty models (docs/benchmarks/quality.md); alone 0.906 -> 0.929,
 # and widths of 1 to 2 pixels within 0.0003 of each other fused (README, "Scores").
 LOWPASS_SIGMA = 1.5
-LOWPASS_RADIUS = 4
+LOWPASS_RADIUS = kernel_radius(LOWPASS_SIGMA)  # 4
 
 
 def fixed_noise(k: int, latent_dim: int, seed: int = 1234) -> torch.Tensor:
@@ -70,26 +71,11 @@ def _sampled_terms(model: VAE, x: torch.Tensor, mu: torch.Tensor, logvar: torch.
     return torch.cat(expected_ll), torch.cat(iw), torch.cat(recon) if recon_at is not None else None
 
 
-def _blur_matrix(n: int, device: torch.device) -> torch.Tensor:
-    """(n, n) M with M @ v the Gaussian blur of a length-n signal v, zero beyond its ends: row i holds the kernel
-    (LOWPASS_SIGMA, out to LOWPASS_RADIUS, summing to 1) centred on i."""
-    offset = torch.arange(n, device=device, dtype=torch.float32)
-    offset = offset[:, None] - offset[None, :]
-    kernel = torch.exp(-0.5 * (offset / LOWPASS_SIGMA) ** 2) * (offset.abs() <= LOWPASS_RADIUS)
-    full = torch.arange(-LOWPASS_RADIUS, LOWPASS_RADIUS + 1, dtype=torch.float32, device=device)
-    return kernel / torch.exp(-0.5 * (full / LOWPASS_SIGMA) ** 2).sum()
-
-
 def lowpass_error(residual: torch.Tensor) -> torch.Tensor:
     """Mean square of image residuals (B, C, H, W) after a Gaussian blur of LOWPASS_SIGMA pixels, each channel on
-    its own (zero outside the image), (B,). The blur is separable: (H, H) @ residual @ (W, W), on the residual's
-    device. For 1,024 28x28 residuals on 2 idle CPU cores 6.8 ms (medians of 9, one run, /tmp script; 116 ms for
-    3x64x64, 177 ms for 64 3x256x256 frames), faster than one product over all rows of the batch per axis (8.8 ms)
-    and a grouped convolution (about 3.5x slower on busy cores); inside a Scorer call at batch 1024, about 10 ms
-    of 450."""
-    h, w = residual.shape[-2:]
-    blurred = _blur_matrix(h, residual.device) @ residual.float() @ _blur_matrix(w, residual.device)  # symmetric
-    return blurred.pow(2).flatten(1).mean(dim=1)
+    its own (zero outside the image), (B,): ``zero_padded_blur``, about 10 ms of a 450 ms Scorer call at batch 1024
+    on 2 CPU cores."""
+    return zero_padded_blur(residual, LOWPASS_SIGMA).pow(2).flatten(1).mean(dim=1)
 
 
 @torch.inference_mode()

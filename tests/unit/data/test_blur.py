@@ -25,3 +25,15 @@ def test_an_impulse_becomes_a_normalised_symmetric_bump_as_wide_as_sigma():
 def test_any_leading_dimensions_are_blurred_alike():
     x = torch.rand(2, 3, 12, 10, generator=torch.Generator().manual_seed(0))
     assert torch.allclose(gaussian_blur(x, 1.5)[1, 2], gaussian_blur(x[1, 2][None], 1.5)[0])
+
+
+def test_the_zero_padded_blur_is_the_same_gaussian_away_from_the_borders_and_loses_mass_at_them():
+    from detector.data.blur import kernel_radius, zero_padded_blur
+
+    x = torch.rand(2, 3, 20, 17, generator=torch.Generator().manual_seed(1))
+    r = kernel_radius(1.5)
+    zero, reflected = zero_padded_blur(x, 1.5), gaussian_blur(x, 1.5)
+    assert zero.shape == x.shape
+    torch.testing.assert_close(zero[..., r:-r, r:-r], reflected[..., r:-r, r:-r], rtol=1e-4, atol=1e-5)
+    ones = zero_padded_blur(torch.ones(1, 9, 9), 1.5)[0]
+    assert abs(float(ones[4, 4]) - 1.0) < 1e-4 and float(ones[0, 0]) < 0.6  # the corner sees a quarter of zeros
