@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from detector.model.vae import VAE, resolve_model_config
 from detector.scoring.latent import fit_latent_density
 from detector.scoring.scorer import score_settings
 from detector.training.checkpoint import checkpoint_dir
-from detector.training.segmenter import train_segmenter
+from detector.training.segmenter import segmenter_budget, train_segmenter
 from detector.training.trainer import History, train_vae
 
 
@@ -42,6 +43,7 @@ def train_bundle(samples: SampleSet, settings: Settings, out: Path, resume: bool
                  progress: bool = True) -> TrainResult | None:
     """Fit, calibrate, write ``out``. Under torchrun every rank trains; rank 0 alone calibrates and
     writes, and the other ranks return None."""
+    started = time.perf_counter()
     validate_train(settings.train)
     validate_model(settings.model)
     validate_debias(settings.debias)
@@ -80,7 +82,9 @@ def train_bundle(samples: SampleSet, settings: Settings, out: Path, resume: bool
     }
     weights = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     if samples.kind == "image" and tcfg.map_steps:
-        config, weights = train_segmenter(model, train_data, tcfg, device, progress).stored_with(config, weights)
+        budget = segmenter_budget(tcfg, time.perf_counter() - started)
+        segmenter = train_segmenter(model, train_data, dataclasses.replace(tcfg, map_budget_s=budget), device, progress)
+        config, weights = segmenter.stored_with(config, weights)
     bundle = Bundle(config=config, weights=weights, density=density)
     caught = calibrate_bundle(bundle, splits.val, splits.cal, score_cfg.target_fpr, tcfg.device,
                               score_cfg.batch_size, progress)

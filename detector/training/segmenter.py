@@ -20,6 +20,7 @@ from detector.training.anomalies import synthesize
 FOCAL_GAMMA = 2.0
 LR = 1e-3
 WARMUP_STEPS, PROBE_STEPS = 5, 20  # the first steps run slower (allocation); the next are timed for the budget
+MIN_BUDGET_S = 60.0  # the least a deadline leaves the segmenter (about 700 steps at 28x28 here)
 REPLAN_EVERY = 50  # steps between re-timings: a machine that slows down mid-way (cores taken) cuts the steps again
 BATCH = 64  # half the VAE's batch: 1,500 steps of 64 gave pixel AUROC 0.935 in 270 s; 1,500 of 128 (before the
 # soft-edged regions were added, which alone moved 64's 0.925 to 0.935) 0.924 in 565 s: steps pay, not batch size.
@@ -31,6 +32,15 @@ def map_steps(cfg: TrainConfig, n_train: int) -> int:
     fewer for larger images: a larger image costs more a step, but the segmenter needs the steps (at 3x64x64, 375
     steps gave pixel AUROC 0.850, 1,000 gave 0.975); the time budget (``cfg.map_budget_s``) bounds the cost."""
     return min(cfg.map_steps, max(1, cfg.map_epochs * n_train // BATCH))
+
+
+def segmenter_budget(cfg: TrainConfig, elapsed_s: float) -> float:
+    """Seconds the segmenter may train, ``elapsed_s`` into the run (0: no limit): ``cfg.map_budget_s``, cut to what
+    is left before ``cfg.map_deadline_s`` but never below MIN_BUDGET_S."""
+    limits = [cfg.map_budget_s] if cfg.map_budget_s else []
+    if cfg.map_deadline_s:
+        limits.append(max(MIN_BUDGET_S, cfg.map_deadline_s - elapsed_s))
+    return min(limits, default=0.0)
 
 
 def focal_loss(logits: torch.Tensor, target: torch.Tensor, gamma: float = FOCAL_GAMMA) -> torch.Tensor:

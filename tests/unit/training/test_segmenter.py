@@ -7,7 +7,7 @@ from detector.config import TrainConfig
 from detector.data.synthetic import bars
 from detector.model.segmenter import CONFIG_KEY, PREFIX, MapSegmenter, model_weights
 from detector.training.anomalies import CHANGED, synthesize
-from detector.training.segmenter import focal_loss, map_steps
+from detector.training.segmenter import MIN_BUDGET_S, focal_loss, map_steps, segmenter_budget
 
 
 def images(n: int = 64, size: int = 16, channels: int = 1) -> torch.Tensor:
@@ -87,6 +87,16 @@ def test_a_time_budget_cuts_the_steps_and_they_are_recorded(monkeypatch):
                                    TrainConfig(map_steps=1500, map_epochs=100, map_budget_s=30.0),
                                    torch.device("cpu"), progress=False)
     assert seg.steps == 30 and seg.config()["steps"] == 30
+
+
+def test_the_run_deadline_cuts_the_budget_to_what_is_left_but_not_below_the_floor():
+    default = TrainConfig()  # 300 s budget, the segmenter done 810 s into the run
+    assert segmenter_budget(default, elapsed_s=100.0) == 300.0  # a fast machine: the budget
+    assert segmenter_budget(default, elapsed_s=600.0) == 210.0  # a slow one: what is left
+    assert segmenter_budget(default, elapsed_s=800.0) == MIN_BUDGET_S  # the VAE took nearly all: the floor
+    assert segmenter_budget(TrainConfig(map_deadline_s=0), elapsed_s=800.0) == 300.0  # no deadline
+    assert segmenter_budget(TrainConfig(map_budget_s=0), elapsed_s=700.0) == 110.0  # the deadline alone
+    assert segmenter_budget(TrainConfig(map_budget_s=0, map_deadline_s=0), elapsed_s=700.0) == 0.0  # no limit
 
 
 def test_a_machine_that_slows_down_mid_way_cuts_the_steps_again(monkeypatch):
