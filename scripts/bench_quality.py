@@ -86,10 +86,14 @@ def validation_raw(scorer: Scorer, samples) -> dict[str, np.ndarray]:
 
 
 def earlier_fusions(fusion: NoveltyFusion, raw_val: dict) -> dict[str, NoveltyFusion]:
-    """``fusion`` as it was before two of its changes, refitted on ``raw_val`` (the validation split's raw scores):
-    its typicality test without the wavelet statistics, and the unblurred recon_error in place of
-    recon_error_lowpass (as part and as statistic). Fusion variants, measured in the same run."""
+    """``fusion`` as it was before three of its changes, refitted on ``raw_val`` (the validation split's raw scores):
+    its typicality term weighted 1 in the sum, its typicality test without the wavelet statistics, and the
+    unblurred recon_error in place of recon_error_lowpass (as part and as statistic). Fusion variants, measured in
+    the same run."""
     out = {}
+    if fusion.typicality is not None and fusion.typicality.weight != 1.0:
+        out["typicality weighted 1 (before TYPICALITY_WEIGHT)"] = NoveltyFusion(
+            fusion.fits, fusion.combine, dataclasses.replace(fusion.typicality, weight=1.0))
     if fusion.typicality is not None:
         statistics = tuple(s for s in fusion.typicality.statistics if s.score not in WAVELET_SCORES)
         out["typicality without the wavelet statistics (before them)"] = NoveltyFusion(

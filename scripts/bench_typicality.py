@@ -76,7 +76,7 @@ def gaussian_fusion(knn: NoveltyFusion, raw_val: dict) -> NoveltyFusion:
     g = TypicalityTest(t.statistics, t.center, t.precision, 0.0, 1.0)
     lo, med, hi = np.quantile(g.distance(raw_val).numpy(), [0.01, 0.5, 0.99])
     return NoveltyFusion(knn.fits, knn.combine, TypicalityTest(t.statistics, t.center, t.precision, float(med),
-                                                               _scale(med, lo, hi)[1]))
+                                                               _scale(med, lo, hi)[1], weight=t.weight))
 
 
 def raw_of(scorer: Scorer, samples: SampleSet | np.ndarray) -> dict[str, np.ndarray]:

@@ -3,8 +3,8 @@ import pytest
 import torch
 
 from detector.errors import BundleError
-from detector.scoring.novelty import (REFERENCE_ARRAY, TYPICALITY_REFERENCE, Component, NoveltyFusion, Statistic,
-                                      TypicalityTest, default_fusion)
+from detector.scoring.novelty import (REFERENCE_ARRAY, TYPICALITY_REFERENCE, TYPICALITY_WEIGHT, Component,
+                                      NoveltyFusion, Statistic, TypicalityTest, default_fusion)
 
 
 def normal_raw(rng, n=2000):
@@ -69,7 +69,7 @@ STATISTICS = (Statistic("neg_elbo_bpd"), Statistic("code_length"), Statistic("re
 def test_typicality_flags_a_likelihood_too_high_for_the_input_complexity_and_stays_calibrated():
     rng = np.random.default_rng(4)
     fusion = NoveltyFusion.fit(typical_raw(rng), (), "sum", STATISTICS)
-    fresh = fusion.apply(typical_raw(rng, 20000))
+    fresh = fusion.standardized(typical_raw(rng, 20000))["typicality"].numpy()
     assert abs(np.quantile(fresh, 0.99) - 2.3263) < 0.25 and 0.45 < np.mean(fresh == 0) < 0.55  # rectified at the median
     # Each statistic alone is within the normal range; together they are not: a simple input that is too likely
     # for how complex it is (the likelihood detectors' known failure), and the opposite.
@@ -94,11 +94,11 @@ def two_kinds_raw(rng, n=3000):
 def test_typicality_flags_a_sample_between_two_kinds_of_normal_data():
     rng = np.random.default_rng(6)
     fusion = NoveltyFusion.fit(two_kinds_raw(rng), (), "sum", STATISTICS)
-    fresh = fusion.apply(two_kinds_raw(rng, 20000))
+    fresh = fusion.standardized(two_kinds_raw(rng, 20000))["typicality"].numpy()
     assert abs(np.quantile(fresh, 0.99) - 2.3263) < 0.3
     # Halfway between the kinds is where one Gaussian fitted to both is densest, and where no normal sample is.
     between = {"neg_elbo_bpd": np.array([2.5]), "code_length": np.array([2.5]), "recon_error": np.exp(np.array([-4.0]))}
-    assert fusion.apply(between)[0] > np.quantile(fresh, 0.995)
+    assert fusion.standardized(between)["typicality"][0] > np.quantile(fresh, 0.995)
     t = fusion.typicality
     gaussian = TypicalityTest(t.statistics, t.center, t.precision, 0.0, 1.0)  # as bundles before the k-NN test
     assert float(gaussian.distance(between)[0]) < float(np.median(gaussian.distance(two_kinds_raw(rng))))
@@ -128,6 +128,25 @@ def test_apply_runs_on_tensors_and_matches_numpy():
     as_tensors = fusion.apply({k: torch.as_tensor(v, dtype=torch.float32) for k, v in sample.items()})
     assert isinstance(as_tensors, torch.Tensor) and as_tensors.dtype == torch.float32
     np.testing.assert_allclose(as_tensors.numpy(), fusion.apply(sample), rtol=1e-4, atol=1e-4)
+
+
+def test_the_typicality_term_counts_its_weight_times_and_bundles_before_the_weight_keep_one():
+    rng = np.random.default_rng(8)
+    raw = typical_raw(rng)
+    fusion = NoveltyFusion.fit(raw, (Component("recon_error", two_sided=False, log=True, rectify=True),), "sum",
+                               STATISTICS)
+    assert fusion.typicality.weight == TYPICALITY_WEIGHT
+    sample = {"neg_elbo_bpd": np.array([1.6, 2.4]), "code_length": np.array([3.0, 3.0]),
+              "recon_error": np.exp(np.array([-3.0, -4.0]))}
+    z = fusion.standardized(sample)
+    np.testing.assert_allclose(fusion.apply(sample), z["recon_error"] + TYPICALITY_WEIGHT * z["typicality"], rtol=1e-6)
+    again = NoveltyFusion.from_json(fusion.to_json(), fusion.to_arrays())
+    np.testing.assert_array_equal(again.apply(sample), fusion.apply(sample))
+    before = fusion.to_json()
+    del before["typicality"]["weight"]
+    old = NoveltyFusion.from_json(before, fusion.to_arrays())
+    assert old.typicality.weight == 1.0
+    np.testing.assert_allclose(old.apply(sample), z["recon_error"] + z["typicality"], rtol=1e-6)
 
 
 def test_a_rectified_component_never_counts_as_evidence_of_normality():
