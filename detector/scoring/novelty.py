@@ -18,7 +18,8 @@ percentile of each lands at 2.33):
   samples, in the Mahalanobis metric of normal data.
   Two-sided by construction, and through the statistics' joint distribution it learns how the
   likelihood tracks the input's complexity on normal data, so an input that is too likely for how
-  complex it is stands out, as does one too complex, too dark, too flat or too blurred.
+  complex it is stands out, as does one too complex, too dark, too flat or too blurred. It counts
+  TYPICALITY_WEIGHT (1.5) times in the sum, each component once.
 
 Vectors keep the maximum of two one-sided components (nothing else was measured on vectors); bundles
 written before the typicality term combine their components as they were fitted (sum or maximum).
